@@ -1,0 +1,89 @@
+"""Networks: compact builders (only the chosen ops) and supernets (architecture as data).
+
+* ``build(space, arch, num_classes, **kw)``: a linen module ``net.apply(vars, x, train)``
+  of one architecture, for final training. With ``track=True`` (default) batch norm keeps
+  running averages in ``batch_stats``.
+* ``supernet(space, num_classes, **kw)``: a linen module
+  ``net.apply(vars, x, weights, train)`` with ``weights = space.relax(z, T)``; batch norm
+  uses batch statistics, so ``apply`` is pure and one compiled program serves every
+  architecture, and ``jax.vmap`` over ``(vars, weights)`` runs a batch of them.
+* ``extract(net, supernet_vars, x)``: the compact network's variables cut out of the
+  supernet's (weight inheritance; with one-hot weights both compute the same function).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from metanas_jax.nn.cells import DartsNet, DartsSupernet, NB201Net, NB201Supernet
+from metanas_jax.nn.macro import MacroNet, MacroSupernet
+from metanas_jax.nn.ops import Norm
+from metanas_jax.spaces import Arch, SearchSpace
+
+_COMPACT = {"macro32": MacroNet, "darts": DartsNet, "nb201": NB201Net}
+_SUPERNET = {"macro32": MacroSupernet, "darts": DartsSupernet, "nb201": NB201Supernet}
+
+
+def _check_classes(num_classes):
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+def build(space: SearchSpace, arch: Arch, num_classes: int, *, track: bool = True, **kw):
+    """Compact network of ``arch`` (extra ``kw``: ``channels``, ``cells``, ``dtype``, ...)."""
+    _check_classes(num_classes)
+    space.own(arch)
+    return _COMPACT[space.name](space=space, arch=arch, num_classes=int(num_classes), track=track, **kw)
+
+
+def supernet(space: SearchSpace, num_classes: int, **kw):
+    """The supernet of ``space``: every architecture in one program."""
+    _check_classes(num_classes)
+    return _SUPERNET[space.name](space=space, num_classes=int(num_classes), **kw)
+
+
+def init(net, key, x, weights=None):
+    """Variables of ``net`` for inputs shaped like ``x`` (``weights`` for a supernet)."""
+    args = (x,) if weights is None else (x, weights)
+    # jit: un-jitted init of a supernet traces op by op and takes many seconds
+    return jax.jit(lambda k, *a: net.init(k, *a, train=False))(key, *args)
+
+
+def extract(net, supernet_vars, x):
+    """Variables for compact ``net`` sliced out of ``supernet_vars``.
+
+    Each compact parameter is the leading slice of the supernet parameter at the same path
+    (a narrower layer keeps the first channels). Running statistics start fresh.
+    """
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
+    params = supernet_vars["params"]
+    unstack = getattr(_SUPERNET[net.space.name], "unstack", None)
+    sup = traverse_util.flatten_dict(unstack(params) if unstack else params)
+    out = {}
+    for path, leaf in traverse_util.flatten_dict(shapes["params"]).items():
+        if path not in sup:
+            raise ValueError(f"supernet has no parameter {'/'.join(path)} for this architecture")
+        src = sup[path]
+        if any(s > t for s, t in zip(leaf.shape, src.shape)) or len(leaf.shape) != src.ndim:
+            raise ValueError(f"parameter {'/'.join(path)}: compact shape {leaf.shape} does not "
+                             f"fit in the supernet's {src.shape}")
+        out[path] = src[tuple(slice(0, s) for s in leaf.shape)]
+    variables = {"params": traverse_util.unflatten_dict(out)}
+    if "batch_stats" in shapes:
+        variables["batch_stats"] = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
+        variables["batch_stats"] = jax.tree_util.tree_map_with_path(
+            lambda p, v: jnp.ones_like(v) if p[-1].key == "var" else v, variables["batch_stats"])
+    return variables
+
+
+def count_params(variables) -> int:
+    """Number of trainable parameters (the ``params`` collection)."""
+    params = variables.get("params", variables) if isinstance(variables, dict) else variables
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+__all__ = ["build", "supernet", "init", "extract", "count_params", "Norm",
+           "MacroNet", "MacroSupernet", "DartsNet", "DartsSupernet", "NB201Net", "NB201Supernet"]

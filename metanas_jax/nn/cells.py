@@ -1,0 +1,230 @@
+"""Cell networks of the ``darts`` and ``nb201`` spaces: compact networks and supernets.
+
+A supernet edge is a mixed op, ``sum_k w[e, k] * op_k(x)`` with ``w = space.relax(z, T)``;
+the compact network of a genotype keeps only the chosen op of each kept edge. Edge op
+modules are named ``e{edge}_{op}`` in both, so compact variables are a subset of the
+supernet's (see :func:`metanas_jax.nn.extract`), and with one-hot weights both compute the
+same function.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from metanas_jax.nn.ops import ConvBN, FactorizedReduce, Norm, SepConv, avg_pool, max_pool, subsample
+from metanas_jax.spaces import Arch
+from metanas_jax.spaces.darts import Darts
+from metanas_jax.spaces.nb201 import NB201, NB201_EDGES
+
+
+# --------------------------------------------------------------------------- DARTS
+def darts_op(name, channels, stride, module_name, track, dtype):
+    """A callable ``f(x, train)`` for DARTS primitive ``name`` (modules created here)."""
+    kw = dict(track=track, dtype=dtype, name=module_name, pre_relu=True)
+    if name == "none":
+        return lambda x, train: jnp.zeros_like(subsample(x, stride))
+    if name == "max_pool_3x3":
+        return lambda x, train: max_pool(x, stride)
+    if name == "avg_pool_3x3":
+        return lambda x, train: avg_pool(x, stride)
+    if name == "skip_connect":
+        if stride == 1:
+            return lambda x, train: x
+        m = FactorizedReduce(channels, track=track, dtype=dtype, name=module_name)
+        return lambda x, train: m(x, train)
+    spec = {"sep_conv_3x3": (3, 1, 2), "sep_conv_5x5": (5, 1, 2),
+            "dil_conv_3x3": (3, 2, 1), "dil_conv_5x5": (5, 2, 1)}
+    if name in spec:
+        k, dil, rep = spec[name]
+        m = SepConv(channels, k, dilation=dil, repeats=rep, **kw)
+        return lambda x, train: m(x, stride, train)
+    raise ValueError(f"darts: unknown primitive {name!r}")
+
+
+class DartsCell(nn.Module):
+    """One cell. ``edge_ops[e]`` lists ``(op, weight_or_None)`` for edge ``e``; a compact cell
+    passes only the chosen op with weight ``None`` (no mixing)."""
+
+    space: Darts
+    channels: int
+    reduction: bool
+    reduction_prev: bool
+    track: bool
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, s0, s1, edge_ops, train=True):
+        c = self.channels
+        if self.reduction_prev:
+            s0 = FactorizedReduce(c, self.track, self.dtype, name="pre0")(s0, train)
+        else:
+            s0 = ConvBN(c, 1, pre_relu=True, track=self.track, dtype=self.dtype, name="pre0")(s0, 1, train)
+        s1 = ConvBN(c, 1, pre_relu=True, track=self.track, dtype=self.dtype, name="pre1")(s1, 1, train)
+        states = [s0, s1]
+        for j in range(self.space.nodes):
+            node = 0.0
+            for e, (to, i) in enumerate(self.space.edges):
+                if to != j:
+                    continue
+                stride = 2 if self.reduction and i < 2 else 1
+                for op, w in edge_ops[e]:
+                    y = darts_op(op, c, stride, f"e{e}_{op}", self.track, self.dtype)(states[i], train)
+                    node = node + (y if w is None else w * y)
+            if isinstance(node, float):  # no kept edge (cannot happen for valid genotypes)
+                node = jnp.zeros_like(subsample(s1, 2 if self.reduction else 1))
+            states.append(node)
+        return jnp.concatenate(states[2:], axis=-1)
+
+
+class _DartsBody(nn.Module):
+    space: Darts
+    num_classes: int
+    channels: int = 16
+    cells: int = 5
+    stem_multiplier: int = 3
+    track: bool = False
+    dtype: jnp.dtype | None = None
+
+    def run(self, x, cell_edge_ops, train):
+        """``cell_edge_ops(reduction) -> edge_ops`` for each cell."""
+        c = self.channels
+        stem = nn.Conv(c * self.stem_multiplier, (3, 3), padding="SAME", use_bias=False,
+                       dtype=self.dtype, name="stem")(x)
+        s0 = s1 = Norm(self.track, name="stem_norm")(stem, train)
+        reduction_prev = False
+        for i in range(self.cells):
+            reduction = self.cells >= 3 and i in (self.cells // 3, 2 * self.cells // 3)
+            if reduction:
+                c *= 2
+            out = DartsCell(self.space, c, reduction, reduction_prev, self.track, self.dtype,
+                            name=f"cell{i}")(s0, s1, cell_edge_ops(reduction), train)
+            s0, s1, reduction_prev = s1, out, reduction
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(jnp.mean(s1, axis=(1, 2)))
+
+
+class DartsNet(_DartsBody):
+    """Compact network of a DARTS genotype ``arch``."""
+
+    arch: Arch | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        geno = self.space.genotype(self.arch)
+        edge_index = {edge: e for e, edge in enumerate(self.space.edges)}
+
+        def edge_ops(reduction):
+            ops = [[] for _ in self.space.edges]
+            for j, node in enumerate(geno["reduce" if reduction else "normal"]):
+                for op, i in node:
+                    ops[edge_index[(j, i)]].append((op, None))
+            return ops
+
+        return self.run(x, edge_ops, train)
+
+
+class DartsSupernet(_DartsBody):
+    """DARTS search network: every edge mixes all primitives with ``weights[cell type]``."""
+
+    @nn.compact
+    def __call__(self, x, weights, train: bool = True):
+        def edge_ops(reduction):
+            w = weights["reduce" if reduction else "normal"]
+            return [[(op, w[e, k]) for k, op in enumerate(self.space.primitives)]
+                    for e in range(len(self.space.edges))]
+
+        return self.run(x, edge_ops, train)
+
+
+# --------------------------------------------------------------------------- NAS-Bench-201
+def nb201_op(name, channels, module_name, track, dtype):
+    if name == "none":
+        return lambda x, train: jnp.zeros_like(x)
+    if name == "skip_connect":
+        return lambda x, train: x
+    if name == "avg_pool_3x3":
+        return lambda x, train: avg_pool(x, 1)
+    if name in ("nor_conv_1x1", "nor_conv_3x3"):
+        m = ConvBN(channels, 1 if name.endswith("1x1") else 3, pre_relu=True, track=track,
+                   dtype=dtype, name=module_name)
+        return lambda x, train: m(x, 1, train)
+    raise ValueError(f"nb201: unknown op {name!r}")
+
+
+class NB201Cell(nn.Module):
+    channels: int
+    track: bool
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, edge_ops, train=True):
+        nodes = [x]
+        for to in (1, 2, 3):
+            acc = jnp.zeros_like(x)
+            for e, (t, i) in enumerate(NB201_EDGES):
+                if t != to:
+                    continue
+                for op, w in edge_ops[e]:
+                    y = nb201_op(op, self.channels, f"e{e}_{op}", self.track, self.dtype)(nodes[i], train)
+                    acc = acc + (y if w is None else w * y)
+            nodes.append(acc)
+        return nodes[3]
+
+
+class ResidualReduce(nn.Module):
+    """NAS-Bench-201's reduction block between stages (a stride-2 basic residual block)."""
+
+    channels: int
+    track: bool
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        y = ConvBN(self.channels, 3, pre_relu=True, track=self.track, dtype=self.dtype, name="a")(x, 2, train)
+        y = ConvBN(self.channels, 3, pre_relu=True, track=self.track, dtype=self.dtype, name="b")(y, 1, train)
+        short = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        short = nn.Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, name="shortcut")(short)
+        return y + short
+
+
+class _NB201Body(nn.Module):
+    space: NB201
+    num_classes: int
+    channels: int = 16
+    cells_per_stage: int = 5
+    track: bool = False
+    dtype: jnp.dtype | None = None
+
+    def run(self, x, edge_ops, train):
+        c = self.channels
+        x = nn.Conv(c, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem")(x)
+        x = Norm(self.track, name="stem_norm")(x, train)
+        for stage in range(3):
+            if stage:
+                c *= 2
+                x = ResidualReduce(c, self.track, self.dtype, name=f"reduce{stage}")(x, train)
+            for k in range(self.cells_per_stage):
+                x = NB201Cell(c, self.track, self.dtype, name=f"stage{stage}_cell{k}")(x, edge_ops, train)
+        x = nn.relu(Norm(self.track, name="last_norm")(x, train))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class NB201Net(_NB201Body):
+    """Compact NAS-Bench-201 network of ``arch`` (edges with ``none`` are left out)."""
+
+    arch: Arch | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        ops = [self.space.groups[0].labels[c] for c in self.arch.choices]
+        return self.run(x, [[] if op == "none" else [(op, None)] for op in ops], train)
+
+
+class NB201Supernet(_NB201Body):
+    """Every cell mixes the five ops on each edge with ``weights["op"]`` (shared by cells)."""
+
+    @nn.compact
+    def __call__(self, x, weights, train: bool = True):
+        w = weights["op"]
+        labels = self.space.groups[0].labels
+        return self.run(x, [[(op, w[e, k]) for k, op in enumerate(labels)]
+                            for e in range(len(NB201_EDGES))], train)

@@ -1,0 +1,165 @@
+"""Networks of the ``macro32`` space: the compact network and the supernet.
+
+The supernet takes the architecture as data (``space.relax(z, T)``), so one compiled
+program runs every architecture, and ``jax.vmap`` over encodings runs many at once:
+
+* ``op``: every op of a layer runs, outputs mixed by the op weights;
+* ``width``: all ops run at ``max(widths)`` channels and the output is multiplied by a
+  channel mask, the width weights' mixture of ``channel < width``;
+* ``downsample``: the supernet keeps one feature map per resolution level (level ``v`` is
+  ``2^v`` times smaller, down to 1x1) with the probability of being at that level; a layer
+  moves mass ``d`` of each level one level down (its stride-2 branch) and keeps ``1 - d``
+  (stride 1).
+
+With one-hot weights the supernet computes exactly the compact network whose variables are
+the leading slices of its own (see :func:`metanas_jax.nn.extract`), because masked-out
+channels are zero and every op acts on channels independently or through weights that the
+slice leaves out.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metanas_jax.nn.ops import ConvBN, SepConv, fit_channels, max_pool, subsample
+from metanas_jax.spaces import Arch
+from metanas_jax.spaces.macro32 import Macro32
+
+PARAM_FREE = {"max_pool3x3": max_pool, "identity": lambda x, stride=1: subsample(x, stride)}
+
+
+def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None):
+    """The linen module for a parametric op, or ``None`` for a parameter-free one."""
+    kw = dict(features=features, track=track, dtype=dtype, name=module_name)
+    if name == "conv3x3":
+        return ConvBN(kernel=3, **kw)
+    if name == "conv5x5":
+        return ConvBN(kernel=5, **kw)
+    if name == "sep_conv3x3":
+        return SepConv(kernel=3, **kw)
+    if name == "sep_conv5x5":
+        return SepConv(kernel=5, **kw)
+    if name == "dil_conv3x3":
+        return ConvBN(kernel=3, dilation=2, **kw)
+    if name in PARAM_FREE:
+        return None
+    raise ValueError(f"macro32: unknown op {name!r}")
+
+
+def _head(num_classes, x, dtype):
+    return nn.Dense(num_classes, name="head", dtype=dtype)(x)
+
+
+class MacroNet(nn.Module):
+    """The compact network of one ``macro32`` architecture (only the chosen ops)."""
+
+    space: Macro32
+    arch: Arch
+    num_classes: int
+    track: bool = True
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = ConvBN(self.space.stem_width, 3, track=self.track, dtype=self.dtype, name="stem")(x, 1, train)
+        for l in range(self.space.layers):
+            op, width, res, down = self.space.layer(self.arch, l)
+            stride = 2 if down else 1
+            module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype)
+            if module is None:
+                y = fit_channels(PARAM_FREE[op](x, stride), width)
+            else:
+                y = module(x, stride, train)
+            if res:
+                y = y + fit_channels(subsample(x, stride), width)
+            x = y
+        return _head(self.num_classes, jnp.mean(x, axis=(1, 2)), self.dtype)
+
+
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Spatial sizes reachable by repeated SAME stride-2 steps, down to 1x1.
+
+    At 1x1 a stride-2 op equals its stride-1 version, so the last level absorbs further
+    downsampling and the number of levels depends only on the input size.
+    """
+    sizes = [(height, width)]
+    while sizes[-1] != (1, 1):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class MacroLayer(nn.Module):
+    """One supernet layer over all resolution levels: ``(feats, mass), weights -> same``."""
+
+    space: Macro32
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, carry, w):
+        sp = self.space
+        feats, mass = carry
+        cmax = max(sp.widths)
+        channel = jnp.arange(cmax)
+        mask = jnp.sum(w["width"][:, None] * (channel[None, :] < jnp.asarray(sp.widths)[:, None]), axis=0)
+        modules = [macro_op(op, cmax, op, False, self.dtype) for op in sp.ops]
+
+        def layer(inp, stride):
+            out = subsample(inp, stride) * w["residual"][1]
+            for k, (op, module) in enumerate(zip(sp.ops, modules)):
+                y = PARAM_FREE[op](inp, stride) if module is None else module(inp, stride)
+                out = out + w["op"][k] * y
+            return out * mask.astype(out.dtype)
+
+        d = w["downsample"][1]
+        new_feats, new_mass = [], []
+        for v in range(len(feats)):
+            last = v == len(feats) - 1
+            stay = mass[v] if last else mass[v] * (1 - d)
+            acc = stay * layer(feats[v], 1)
+            total = stay
+            if v > 0:
+                acc = acc + mass[v - 1] * d * layer(feats[v - 1], 2)
+                total = total + mass[v - 1] * d
+            # a level nothing reaches carries zeros (and no NaN gradient)
+            new_feats.append(acc / jnp.where(total > 0, total, 1.0))
+            new_mass.append(total)
+        return (tuple(new_feats), jnp.stack(new_mass)), None
+
+
+class MacroSupernet(nn.Module):
+    """All architectures of a ``macro32`` space in one program; weights from ``relax``.
+
+    The layers are one ``nn.scan`` over a shared layer program (parameters stacked on a
+    leading layer axis under ``layers``), which keeps compile time independent of depth.
+    """
+
+    space: Macro32
+    num_classes: int
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, weights, train: bool = True):
+        sp = self.space
+        cmax = max(sp.widths)
+        h = ConvBN(sp.stem_width, 3, dtype=self.dtype, name="stem")(x, 1, train)
+        shapes = level_shapes(*x.shape[1:3])
+        feats = tuple([fit_channels(h, cmax)] + [jnp.zeros((x.shape[0], a, b, cmax), h.dtype)
+                                                  for a, b in shapes[1:]])
+        mass = jnp.zeros(len(shapes)).at[0].set(1.0)
+        layers = nn.scan(MacroLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                         length=sp.layers)(sp, self.dtype, name="layers")
+        (feats, mass), _ = layers((feats, mass), weights)
+        pooled = sum(mass[v] * jnp.mean(f, axis=(1, 2)) for v, f in enumerate(feats))
+        return _head(self.num_classes, pooled, self.dtype)
+
+    @staticmethod
+    def unstack(params):
+        """Supernet params renamed as the compact network names them (``layer{l}_{op}``)."""
+        out = {k: v for k, v in params.items() if k != "layers"}
+        for op, tree in params["layers"].items():
+            n = jax.tree.leaves(tree)[0].shape[0]
+            for l in range(n):
+                out[f"layer{l}_{op}"] = jax.tree.map(lambda a, l=l: a[l], tree)
+        return out

@@ -1,0 +1,149 @@
+"""Primitive operations shared by the compact networks and the supernets.
+
+Every op is a linen module ``op(x, stride, train)`` producing ``features`` channels (or, for
+parameter-free ops, the input's channels). A compact network and a supernet name their op
+modules the same way, so the compact network's variables are slices of the supernet's
+(see :func:`metanas_jax.nn.extract`).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-5
+
+
+class Norm(nn.Module):
+    """Batch normalisation.
+
+    ``track=True`` keeps running averages in the ``batch_stats`` collection (final
+    training; ``train=False`` then uses them). ``track=False`` always normalises with the
+    batch's own statistics, so ``apply`` is a pure function with no mutable state: what
+    supernets and meta-learning inner loops want (as in MAML and DARTS search).
+    """
+
+    track: bool = False
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        if self.track:
+            ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+            ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if self.track and not train:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            if self.track and not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var
+        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + EPS).astype(x.dtype)
+        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None):
+    return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=dilation,
+                   feature_group_count=groups, padding="SAME", use_bias=False, name=name,
+                   dtype=dtype)
+
+
+class ConvBN(nn.Module):
+    """``conv kxk (dilated) -> BN -> ReLU``, or ``ReLU -> conv -> BN`` with ``pre_relu``."""
+
+    features: int
+    kernel: int
+    dilation: int = 1
+    pre_relu: bool = False
+    track: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, stride=1, train=True):
+        if self.pre_relu:
+            x = nn.relu(x)
+        x = conv(self.features, self.kernel, stride, self.dilation, name="conv", dtype=self.dtype)(x)
+        x = Norm(self.track, name="norm")(x, train)
+        return x if self.pre_relu else nn.relu(x)
+
+
+class SepConv(nn.Module):
+    """Depthwise ``kxk`` then pointwise ``1x1`` convolution, BN.
+
+    ``repeats=2`` is DARTS' ``sep_conv`` (the block applied twice, stride on the first);
+    ``dilation=2, repeats=1`` is DARTS' ``dil_conv``. ``pre_relu`` selects the
+    ReLU-conv-BN order of cell spaces instead of conv-BN-ReLU.
+    """
+
+    features: int
+    kernel: int
+    dilation: int = 1
+    repeats: int = 1
+    pre_relu: bool = False
+    track: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, stride=1, train=True):
+        for r in range(self.repeats):
+            c_in = x.shape[-1]
+            c_out = self.features if r == self.repeats - 1 else c_in
+            if self.pre_relu:
+                x = nn.relu(x)
+            x = conv(c_in, self.kernel, stride if r == 0 else 1, self.dilation, groups=c_in,
+                     name=f"depthwise{r}", dtype=self.dtype)(x)
+            x = conv(c_out, 1, name=f"pointwise{r}", dtype=self.dtype)(x)
+            x = Norm(self.track, name=f"norm{r}")(x, train)
+            if not self.pre_relu:
+                x = nn.relu(x)
+        return x
+
+
+def subsample(x, stride):
+    """Spatial stride without parameters: the shape a SAME stride-``s`` conv gives."""
+    return x if stride == 1 else x[:, ::stride, ::stride, :]
+
+
+def max_pool(x, stride=1):
+    return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
+
+
+def avg_pool(x, stride=1):
+    # count_include_pad=False, as NAS-Bench-201 and DARTS use
+    return nn.avg_pool(x, (3, 3), strides=(stride, stride), padding="SAME",
+                       count_include_pad=False)
+
+
+def fit_channels(x, channels: int):
+    """Zero-pad or truncate the channel axis to ``channels`` (parameter-free width change)."""
+    c = x.shape[-1]
+    if c == channels:
+        return x
+    if c > channels:
+        return x[..., :channels]
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, channels - c)])
+
+
+class FactorizedReduce(nn.Module):
+    """DARTS' parameter-light stride-2 skip: two offset 1x1 stride-2 convs, concatenated."""
+
+    features: int
+    track: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = nn.relu(x)
+        half = self.features // 2
+        a = conv(half, 1, 2, name="conv_a", dtype=self.dtype)(x)
+        b = conv(self.features - half, 1, 2, name="conv_b", dtype=self.dtype)(
+            jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0))))
+        return Norm(self.track, name="norm")(jnp.concatenate([a, b], -1), train)
+

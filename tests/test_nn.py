@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metanas_jax import nn as mnn
+from metanas_jax import spaces
+
+# small settings: the networks are the real ones, only narrower and shallower
+CASES = {
+    "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
+    "nb201": (spaces.get("nb201"), dict(channels=4, cells_per_stage=1)),
+    "darts": (spaces.get("darts", nodes=3), dict(channels=4, cells=3, stem_multiplier=2)),
+}
+X = jax.random.normal(jax.random.key(1), (6, 12, 12, 3))
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    space, kw = CASES[request.param]
+    sup = mnn.supernet(space, 5, **kw)
+    w = space.relax(space.sample(jax.random.key(0), 1)[0], 1.0)
+    variables = mnn.init(sup, jax.random.key(2), X, w)
+    apply = jax.jit(lambda v, x, w: sup.apply(v, x, w, train=True))
+    return space, kw, sup, variables, apply
+
+
+def test_one_hot_supernet_equals_compact(case):
+    space, kw, _, variables, apply = case
+    for z in space.sample(jax.random.key(5), 4):
+        arch = space.decode(z)
+        net = mnn.build(space, arch, 5, **kw)
+        compact = mnn.extract(net, variables, X)
+        y_compact, _ = net.apply(compact, X, train=True, mutable=["batch_stats"])
+        y_super = apply(variables, X, space.one_hot(arch))
+        assert y_compact.shape == (6, 5)
+        np.testing.assert_allclose(y_super, y_compact, rtol=1e-4, atol=1e-4)
+        assert 0 < mnn.count_params(compact) < mnn.count_params(variables)
+        print(f"{space.name}: {mnn.count_params(compact)} params  {arch}")
+
+
+def test_compiles_once_for_50_architectures(case):
+    space, _, sup, variables, _ = case
+    apply = jax.jit(lambda v, x, w: sup.apply(v, x, w, train=True))
+    outs = [apply(variables, X, space.relax(z, 0.0)) for z in space.sample(jax.random.key(9), 50)]
+    assert apply._cache_size() == 1
+    assert len({np.asarray(o).tobytes() for o in outs}) > 40  # they really differ
+
+
+def test_vmap_over_architectures_and_weights(case):
+    space, _, sup, variables, apply = case
+    zs = space.sample(jax.random.key(3), 3)
+    ws = jax.vmap(lambda z: space.relax(z, 0.0))(zs)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a, a]), variables)
+    ys = jax.jit(jax.vmap(lambda v, w: sup.apply(v, X, w, train=True)))(stacked, ws)
+    for i in range(3):
+        v_i = jax.tree.map(lambda a: a[i], stacked)
+        np.testing.assert_allclose(ys[i], apply(v_i, X, jax.tree.map(lambda a: a[i], ws)), rtol=1e-4, atol=1e-5)
+
+
+def test_soft_weights_have_architecture_gradients(case):
+    space, _, sup, variables, _ = case
+    z = space.sample(jax.random.key(4), 1)[0]
+    if space.name != "darts":
+        z = jnp.clip(z * 0.8 + 0.1, 0, 1)
+
+    def loss(z):
+        return jnp.mean(sup.apply(variables, X, space.relax(z, 0.5), train=True) ** 2)
+
+    g = jax.grad(loss)(z)
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+def test_compact_network_trains_with_running_stats():
+    space, _ = CASES["macro32"]
+    arch = space.decode(space.sample(jax.random.key(0), 1)[0])
+    net = mnn.build(space, arch, 5)
+    v = mnn.init(net, jax.random.key(0), X)
+    assert set(v) == {"params", "batch_stats"}
+    _, upd = net.apply(v, X, train=True, mutable=["batch_stats"])
+    assert not np.allclose(upd["batch_stats"]["stem"]["norm"]["mean"], 0)
+    y = net.apply({**v, **upd}, X, train=False)
+    assert y.shape == (6, 5) and np.all(np.isfinite(y))
+
+
+def test_bad_inputs():
+    space, _ = CASES["macro32"]
+    with pytest.raises(ValueError, match="num_classes"):
+        mnn.supernet(space, 0)
+    other = spaces.get("nb201")
+    with pytest.raises(ValueError, match="architecture of space"):
+        mnn.build(space, other.decode(other.sample(jax.random.key(0), 1)[0]), 5)
