@@ -1,0 +1,126 @@
+"""Meta-train on a few-shot benchmark within a wall-clock budget, then meta-test.
+
+    python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
+        [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json
+
+Prints training progress and the meta-test accuracy with its 95% interval over the
+config's fixed test episodes; writes a JSON with the result, the config, the timings and
+the command line (the README table is made from these files).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from metanas_jax import data, meta, spaces  # noqa: E402
+
+
+def load_config(spec: str, overrides: list[str]):
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants key=value, got {item!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def build_pools(c):
+    ds = data.load(c.source, split="all")
+    if c.source.startswith("omniglot:"):
+        return data.omniglot_splits(ds, image_size=c.image_size, seed=c.split_seed)
+    return data.class_split(ds, fractions=tuple(c.get("fractions", (0.64, 0.16, 0.2))),
+                            seed=c.split_seed, image_size=c.image_size)
+
+
+def build_learner(c, n_way):
+    if c.name == "conv4":
+        return meta.conv4_learner(n_way, channels=c.channels, downsample=c.downsample,
+                                  conv_impl=c.conv_impl)
+    if c.name == "darts":
+        return meta.supernet_learner(spaces.get("darts"), n_way, channels=c.channels, cells=c.cells)
+    raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
+    ap.add_argument("--set", action="append", default=[], help="override, e.g. train.time_budget_s=600")
+    ap.add_argument("--out", default=None, help="result JSON path")
+    args = ap.parse_args(argv)
+    c = load_config(args.config, args.set)
+    command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
+    print(c, flush=True)
+
+    t0 = time.time()
+    train_pool, _, test_pool = build_pools(c.data)
+    print(f"pools: train {train_pool}, test {test_pool} ({time.time() - t0:.1f}s)", flush=True)
+    d = c.data
+    learner = build_learner(c.model, d.n_way)
+    mcfg = meta.MetaConfig.from_dict(c.meta.to_dict())
+    key = jax.random.PRNGKey(c.train.seed)
+    state = meta.init_state(learner, mcfg, key, train_pool.images[0, : d.n_way * d.k_shot])
+    step = meta.make_meta_step(learner, mcfg)
+
+    def sample(k):
+        return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train, d.meta_batch)
+
+    t1 = time.time()
+    jax.block_until_ready(step.lower(state, sample(key)).compile())
+    compile_s = time.time() - t1
+    print(f"meta-step compiled in {compile_s:.1f}s (strategy "
+          f"{meta.resolve_strategy(mcfg.strategy, learner.vmap_friendly)})", flush=True)
+    t2 = time.time()
+    state, history = meta.meta_train(step, state, sample, c.train.num_steps,
+                                     time_budget_s=c.train.time_budget_s, log_every=c.train.log_every,
+                                     log=lambda s: print(s, flush=True))
+    train_s = time.time() - t2
+    steps_done = int(state.step)
+    print(f"trained {steps_done} meta-steps in {train_s:.0f}s", flush=True)
+
+    t3 = time.time()
+    res = meta.meta_test(learner, mcfg, state, test_pool, d.n_way, d.k_shot, d.n_query_test,
+                         num_episodes=c.eval.episodes, seed=c.eval.seed, batch_size=c.eval.batch_size)
+    eval_s = time.time() - t3
+    print(f"META-TEST {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
+          f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
+    if "arch_unique" in res:
+        print(f"meta-architecture: {res['meta_arch']}\n{res['arch_unique']} distinct task "
+              f"architectures, mean pairwise distance {res['arch_mean_pairwise_distance']:.2f} "
+              f"choices, mean distance to meta-architecture {res['arch_mean_distance_to_meta']:.2f}",
+              flush=True)
+    out = {"result": res, "config": c.to_dict(), "command": command, "compile_s": compile_s,
+           "train_s": train_s, "meta_steps": steps_done, "eval_s": eval_s,
+           "step_s": train_s / max(steps_done, 1), "history": history,
+           "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count()}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1, default=lambda o: np.asarray(o).tolist())
+        print(f"wrote {args.out}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Hyper-parameters of gradient-based meta-learning, validated once, hashable (static)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+import optax
+
+ALGORITHMS = ("maml", "fomaml", "reptile")
+ARCH_UPDATES = ("none", "joint", "alternating")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Inner loop (per task) and outer loop (across tasks) settings.
+
+    Inner: ``inner_steps`` steps of ``inner_opt`` on the support set; the architecture
+    encoding moves too when ``arch_update`` is ``joint`` (one gradient for both) or
+    ``alternating`` (weights step, then architecture step at the new weights), with its
+    own ``arch_inner_lr``, frozen for the first ``arch_inner_warmup`` inner steps. The
+    relaxation temperature goes geometrically from ``temp_start`` to ``temp_end`` over the
+    inner steps; the query set is scored at ``temp_end``.
+    Outer: ``algorithm`` gives the meta-gradient (second-order MAML, first-order MAML, or
+    Reptile's ``theta - phi``), applied with ``meta_opt``/``meta_lr`` to the weights and
+    Adam (``arch_meta_lr``, DARTS' beta1 = 0.5 and weight decay) to the architecture, which
+    stays frozen for the first ``arch_warmup_steps`` meta-steps.
+    """
+
+    algorithm: str = "maml"
+    inner_steps: int = 5
+    eval_inner_steps: int = 10
+    inner_lr: float = 0.4
+    inner_opt: str = "sgd"
+    arch_update: str = "none"
+    arch_inner_lr: float = 0.0
+    arch_inner_opt: str = "sgd"
+    arch_inner_warmup: int = 0
+    temp_start: float = 1.0
+    temp_end: float = 1.0
+    meta_lr: float = 1e-3
+    meta_opt: str = "adam"
+    arch_meta_lr: float = 0.0
+    arch_weight_decay: float = 1e-3
+    arch_warmup_steps: int = 0
+    grad_clip: float = 0.0
+    strategy: str = "auto"
+    scan_unroll: int = 1
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"MetaConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.algorithm not in ALGORITHMS:
+            bad("algorithm", f"must be one of {ALGORITHMS}")
+        if self.arch_update not in ARCH_UPDATES:
+            bad("arch_update", f"must be one of {ARCH_UPDATES}")
+        for name in ("inner_opt", "arch_inner_opt", "meta_opt"):
+            if getattr(self, name) not in OPTIMIZERS:
+                bad(name, f"must be one of {OPTIMIZERS}")
+        for name in ("inner_steps", "eval_inner_steps", "scan_unroll"):
+            if int(getattr(self, name)) < 1:
+                bad(name, "must be >= 1")
+        for name in ("arch_inner_warmup", "arch_warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                bad(name, "must be >= 0")
+        for name in ("inner_lr", "arch_inner_lr", "meta_lr", "arch_meta_lr", "arch_weight_decay",
+                     "grad_clip"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                bad(name, "must be a finite number >= 0")
+        for name in ("temp_start", "temp_end"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                bad(name, "must be a finite number > 0")
+        from metanas_jax.meta.tasks_map import resolve_strategy
+
+        resolve_strategy(self.strategy)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MetaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"MetaConfig: unknown field(s) {unknown}; known: {sorted(names)}")
+        return cls(**dict(d))
+
+    def replace(self, **kw) -> "MetaConfig":
+        return dataclasses.replace(self, **kw)
+
+    def temperatures(self, steps: int) -> np.ndarray:
+        """Per-inner-step temperature: geometric from ``temp_start`` to ``temp_end``."""
+        if steps == 1:
+            return np.array([self.temp_end], np.float32)
+        return np.geomspace(self.temp_start, self.temp_end, steps).astype(np.float32)
+
+
+def make_optimizer(name: str, lr: float, **kw) -> optax.GradientTransformation:
+    """SGD / SGD+momentum / Adam. Adam gets ``eps_root`` so second-order MAML through it
+    never differentiates ``sqrt`` at zero."""
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adam":
+        return optax.adam(lr, eps_root=1e-16, **kw)
+    raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")

@@ -1,0 +1,70 @@
+"""Inner loop: adapt weights (and optionally the architecture) to one task's support set.
+
+Written with ``lax.scan`` over inner steps, so its size in the compiled program does not
+grow with the number of steps, and it is differentiable end to end (second-order MAML
+differentiates the whole scan).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metanas_jax.meta.config import MetaConfig, make_optimizer
+
+
+def loss_and_accuracy(learner, params, z, x, y, temperature):
+    """Mean softmax cross-entropy and accuracy of ``learner`` on ``(x, y)``."""
+    logits = learner.apply(params, z, x, temperature)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+    return loss, acc
+
+
+def _select(flag, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
+          arch_active=True):
+    """``steps`` (default ``cfg.inner_steps``) task-optimiser steps on ``(x, y)``.
+
+    Returns ``(params, z, support_losses)``; ``support_losses[k]`` is the loss before
+    step ``k`` (so ``[0]`` is the pre-adaptation loss). ``arch_active`` (traced bool)
+    freezes the architecture, e.g. during the meta-level warm-up.
+    """
+    steps = cfg.inner_steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"adapt: steps must be >= 1, got {steps}")
+    mode = cfg.arch_update if learner.searches else "none"
+    w_opt = make_optimizer(cfg.inner_opt, cfg.inner_lr)
+    a_opt = make_optimizer(cfg.arch_inner_opt, cfg.arch_inner_lr)
+    temps = jnp.asarray(cfg.temperatures(steps))
+    arch_on = (jnp.arange(steps) >= cfg.arch_inner_warmup) & jnp.asarray(arch_active)
+
+    constant_t = cfg.temp_start == cfg.temp_end  # a Python float keeps relax(z, T) exact
+
+    def loss_fn(p, a, t):
+        t = float(cfg.temp_end) if constant_t else t
+        return loss_and_accuracy(learner, p, a, x, y, t)[0]
+
+    def body(carry, inp):
+        p, a, ws, as_ = carry
+        t, on = inp
+        if mode == "joint":
+            loss, (gp, ga) = jax.value_and_grad(loss_fn, argnums=(0, 1))(p, a, t)
+        else:
+            loss, gp = jax.value_and_grad(loss_fn)(p, a, t)
+        up, ws = w_opt.update(gp, ws, p)
+        p = optax.apply_updates(p, up)
+        if mode == "alternating":
+            ga = jax.grad(loss_fn, argnums=1)(p, a, t)
+        if mode != "none":
+            ua, new_as = a_opt.update(ga, as_, a)
+            a = jnp.where(on, optax.apply_updates(a, ua), a)
+            as_ = _select(on, new_as, as_)
+        return (p, a, ws, as_), loss
+
+    carry = (params, z, w_opt.init(params), a_opt.init(z))
+    (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on), unroll=cfg.scan_unroll)
+    return params, z, losses

@@ -1,0 +1,80 @@
+"""What the meta-learner adapts: a network and, when searching, an architecture encoding.
+
+A :class:`Learner` pairs a linen module with an optional search space. Fixed-architecture
+baselines (conv4) and supernets (``nn.supernet``) then share every line of the MAML /
+Reptile code: the architecture encoding of a fixed network is an empty array, so its
+gradient and optimiser are no-ops instead of special cases.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metanas_jax.nn.conv4 import Conv4
+from metanas_jax.nn.fastconv import resolve_impl
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Learner:
+    """``module`` applied as ``module.apply({"params": p}, x)`` (fixed) or
+    ``module.apply({"params": p}, x, space.relax(z, T), train=True)`` (supernet)."""
+
+    module: nn.Module
+    space: Any = None
+    vmap_friendly: bool = True  # whether vmap over tasks is fast on CPU (see tasks_map)
+    arch_init_scale: float = 1e-3
+
+    @property
+    def searches(self) -> bool:
+        return self.space is not None
+
+    def init(self, key: jax.Array, x: jax.Array):
+        """``(params, z)``: network weights and the architecture encoding (DARTS-style
+        small random alphas; ``(0,)``-shaped for a fixed network)."""
+        k_w, k_z = jax.random.split(key)
+        if not self.searches:
+            return self.module.init(k_w, x)["params"], jnp.zeros((0,), jnp.float32)
+        z = self.arch_init_scale * jax.random.normal(k_z, (self.space.dim,), jnp.float32)
+        variables = self.module.init(k_w, x, self.space.relax(z, 1.0), train=True)
+        return variables["params"], z
+
+    def weights(self, z, temperature=1.0):
+        """``space.relax(z, temperature)``; a traced temperature (annealed inside a scan)
+        re-tempers the ``T = 1`` weights, ``softmax(log w / T)``, which equals
+        ``relax(z, T)`` for every softmax relaxation (spaces branch on ``T == 0`` in Python)."""
+        if isinstance(temperature, (int, float)):
+            return self.space.relax(z, float(temperature))
+        w1 = self.space.relax(z, 1.0)
+        return {g: jax.nn.softmax(jnp.log(jnp.maximum(w, 1e-30)) / temperature, axis=-1)
+                for g, w in w1.items()}
+
+    def apply(self, params, z, x, temperature=1.0):
+        """Logits of ``x``; ``temperature`` is the relaxation's (ignored without a space)."""
+        if not self.searches:
+            return self.module.apply({"params": params}, x)
+        return self.module.apply({"params": params}, x, self.weights(z, temperature), train=True)
+
+
+def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool",
+                  conv_impl: str = "auto", blocks: int = 4) -> Learner:
+    """The fixed-architecture baseline: the standard 4-layer conv net."""
+    module = Conv4(num_classes, channels=channels, blocks=blocks, downsample=downsample,
+                   conv_impl=conv_impl)
+    return Learner(module, None, vmap_friendly=resolve_impl(conv_impl) == "matmul")
+
+
+def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3, **kw) -> Learner:
+    """A searchable learner: ``nn.supernet(space, num_classes, **kw)`` plus its space.
+
+    The supernet's convolutions are ``lax.conv`` (flax ``nn.Conv``), so on CPU the
+    ``auto`` task strategy unrolls over tasks rather than vmapping."""
+    from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
+
+    if not hasattr(mnn, "supernet"):
+        raise ValueError("metanas_jax.nn.supernet is not available in this installation")
+    return Learner(mnn.supernet(space, num_classes, **kw), space, vmap_friendly=False,
+                   arch_init_scale=arch_init_scale)

@@ -1,0 +1,44 @@
+"""Host-side meta-training loop around a jitted ``meta_step`` (episodes sampled per step)."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+def meta_train(meta_step: Callable, state, sample_fn: Callable, num_steps: int,
+               time_budget_s: float | None = None, log_every: int = 100,
+               log: Callable[[str], None] | None = print):
+    """Run up to ``num_steps`` meta-steps (or until ``time_budget_s`` of wall time).
+
+    Step ``i``'s episodes are ``sample_fn(fold_in(state.key, step))``, so a run is a pure
+    function of the initial state. Returns ``(state, history)``: history holds the mean
+    metrics of each ``log_every`` window plus ``wall_s``.
+    """
+    if num_steps < 0:
+        raise ValueError(f"meta_train: num_steps must be >= 0, got {num_steps}")
+    if log_every < 1:
+        raise ValueError(f"meta_train: log_every must be >= 1, got {log_every}")
+    history, window, t0 = [], [], time.time()
+    for _ in range(num_steps):
+        key = jax.random.fold_in(state.key, state.step)
+        state, metrics = meta_step(state, sample_fn(key))
+        window.append(jax.device_get(metrics))
+        done = time_budget_s is not None and time.time() - t0 >= time_budget_s
+        if len(window) == log_every or done:
+            row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+            row["step"] = int(state.step)
+            row["wall_s"] = time.time() - t0
+            history.append(row)
+            window = []
+            if log is not None:
+                log(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        if done:
+            break
+    if window:
+        row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        row.update(step=int(state.step), wall_s=time.time() - t0)
+        history.append(row)
+    return state, history

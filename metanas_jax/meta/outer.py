@@ -1,0 +1,102 @@
+"""Outer loop: one meta-step of MAML, first-order MAML or Reptile over a batch of tasks.
+
+``make_meta_step(learner, cfg)`` returns the jitted pure function
+``meta_step(state, task_batch) -> (state, metrics)``; ``task_batch`` is anything with
+``support_x (T,S,H,W,C)``, ``support_y (T,S)``, ``query_x (T,Q,H,W,C)``, ``query_y (T,Q)``
+(``data.TaskBatch``). Per-task work goes through :func:`map_tasks`, the one place that
+chooses vmap / lax.map / unrolled execution.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metanas_jax.meta.config import MetaConfig
+from metanas_jax.meta.inner import adapt, loss_and_accuracy
+from metanas_jax.meta.state import MetaState, arch_optimizer, meta_optimizer
+from metanas_jax.meta.tasks_map import map_tasks
+
+
+def check_task_batch(batch) -> tuple:
+    """``(sx, sy, qx, qy)`` after checking shapes agree (ValueError naming the field)."""
+    try:
+        sx, sy, qx, qy = batch.support_x, batch.support_y, batch.query_x, batch.query_y
+    except AttributeError as e:
+        raise ValueError(f"task batch needs support_x/support_y/query_x/query_y: {e}") from e
+    for name, arr, nd in (("support_x", sx, 5), ("query_x", qx, 5), ("support_y", sy, 2),
+                          ("query_y", qy, 2)):
+        if jnp.ndim(arr) != nd:
+            raise ValueError(f"task batch {name} must have {nd} dims (task axis first), "
+                             f"got shape {jnp.shape(arr)}")
+    t = sx.shape[0]
+    for name, arr in (("support_y", sy), ("query_x", qx), ("query_y", qy)):
+        if arr.shape[0] != t:
+            raise ValueError(f"task batch {name} has {arr.shape[0]} tasks, support_x has {t}")
+    if sy.shape[1] != sx.shape[1] or qy.shape[1] != qx.shape[1]:
+        raise ValueError(f"task batch labels/images disagree: support {sx.shape}/{sy.shape}, "
+                         f"query {qx.shape}/{qy.shape}")
+    if sx.shape[2:] != qx.shape[2:]:
+        raise ValueError(f"support images {sx.shape[2:]} and query images {qx.shape[2:]} differ")
+    return sx, sy, qx, qy
+
+
+def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch_active):
+    """One task's meta-gradient wrt ``(params, z)`` and its scalar metrics."""
+    def adapted_query(p, a):
+        p2, a2, sl = adapt(learner, cfg, p, a, sx, sy, arch_active=arch_active)
+        loss, acc = loss_and_accuracy(learner, p2, a2, qx, qy, float(cfg.temp_end))
+        return loss, (acc, sl, p2, a2)
+
+    if cfg.algorithm == "maml":
+        (loss, (acc, sl, _, _)), (gp, ga) = jax.value_and_grad(
+            adapted_query, argnums=(0, 1), has_aux=True)(params, z)
+    else:
+        p2, a2, sl = adapt(learner, cfg, params, z, sx, sy, arch_active=arch_active)
+        if cfg.algorithm == "fomaml":
+            (loss, acc), (gp, ga) = jax.value_and_grad(
+                lambda p, a: loss_and_accuracy(learner, p, a, qx, qy, float(cfg.temp_end)),
+                argnums=(0, 1), has_aux=True)(p2, a2)
+        else:  # reptile: move towards the adapted solution
+            loss, acc = loss_and_accuracy(learner, p2, a2, qx, qy, float(cfg.temp_end))
+            gp = jax.tree_util.tree_map(jnp.subtract, params, p2)
+            ga = z - a2
+    metrics = {"loss": loss, "accuracy": acc, "support_loss_before": sl[0],
+               "support_loss_last": sl[-1]}
+    return gp, ga, metrics
+
+
+def make_meta_step(learner, cfg: MetaConfig, jit: bool = True):
+    """The pure ``meta_step(state, task_batch) -> (state, metrics)`` for this learner."""
+    w_opt, a_opt = meta_optimizer(cfg), arch_optimizer(cfg)
+    learn_arch = learner.searches and cfg.arch_meta_lr > 0
+
+    def meta_step(state: MetaState, batch):
+        sx, sy, qx, qy = check_task_batch(batch)
+        arch_active = state.step >= cfg.arch_warmup_steps
+
+        def one(sx_, sy_, qx_, qy_):
+            return task_meta_gradient(learner, cfg, state.params, state.arch, sx_, sy_, qx_, qy_,
+                                      arch_active)
+
+        gp, ga, m = map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
+                              vmap_friendly=learner.vmap_friendly)
+        gp = jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), gp)
+        ga = jnp.mean(ga, 0)
+        up, opt_state = w_opt.update(gp, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, up)
+        arch, arch_opt_state = state.arch, state.arch_opt_state
+        if learn_arch:
+            ua, new_aos = a_opt.update(ga, state.arch_opt_state, state.arch)
+            arch = jnp.where(arch_active, optax.apply_updates(state.arch, ua), state.arch)
+            arch_opt_state = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(arch_active, a, b), new_aos, state.arch_opt_state)
+        metrics = {k: jnp.mean(v) for k, v in m.items()}
+        metrics.update(grad_norm=optax.tree.norm(gp), arch_grad_norm=optax.tree.norm(ga),
+                       arch_active=arch_active.astype(jnp.float32),
+                       step=state.step.astype(jnp.float32))
+        new = state.replace(params=params, arch=arch, opt_state=opt_state,
+                            arch_opt_state=arch_opt_state, step=state.step + 1)
+        return new, metrics
+
+    return jax.jit(meta_step) if jit else meta_step

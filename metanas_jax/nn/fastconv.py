@@ -1,0 +1,96 @@
+"""A 2-D convolution whose implementation is chosen per backend.
+
+Why: meta-learning runs one network per task with per-task weights. Under ``jax.vmap``
+XLA turns ``lax.conv`` with batched weights into a grouped convolution, and on CPU the
+gradient of a grouped convolution is very slow (see ``benchmarks/bench_meta.py``). The
+``"matmul"`` implementation writes the convolution as im2col patches times a weight
+matrix: vmap turns it into a batched matmul and its gradients (weight gradient
+``patches^T @ g``, input gradient the transpose of the patch gather) are matmuls and pads
+too, at any order of differentiation (second-order MAML differentiates through it).
+
+``impl="auto"`` picks ``"xla"`` on GPU/TPU (fast grouped convolutions there) and
+``"matmul"`` on CPU. All implementations compute the same function (tested).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "matmul")
+
+
+def resolve_impl(impl: str) -> str:
+    """``"auto"`` -> ``"matmul"`` on CPU, ``"xla"`` elsewhere; validates the name."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; known: {list(IMPLS)}")
+    if impl == "auto":
+        return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """(low, high, out) padding and output size along one axis, as lax.conv computes them."""
+    if padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + k - size, 0)
+        return total // 2, total - total // 2, out
+    if padding == "VALID":
+        return 0, 0, (size - k) // stride + 1
+    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+
+
+def patches(x: jax.Array, kernel: tuple[int, int], stride: int = 1, padding: str = "SAME"):
+    """im2col: ``(N, H, W, C) -> (N, Ho, Wo, kh * kw * C)``, (kh, kw, C) order like HWIO."""
+    kh, kw = kernel
+    _, h, w, _ = x.shape
+    lo_h, hi_h, ho = _pads(h, kh, stride, padding)
+    lo_w, hi_w, wo = _pads(w, kw, stride, padding)
+    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+    if len(cols) == 1:
+        return cols[0]
+    return jnp.concatenate(cols, axis=-1)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
+           impl: str = "auto") -> jax.Array:
+    """NHWC input, HWIO kernel, no bias, no dilation, no groups."""
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d wants x (N,H,W,C) and w (kh,kw,C,O); got {x.shape}, {w.shape}")
+    if x.shape[-1] != w.shape[2]:
+        raise ValueError(f"conv2d: input has {x.shape[-1]} channels, kernel expects {w.shape[2]}")
+    if stride < 1:
+        raise ValueError(f"conv2d: stride must be >= 1, got {stride}")
+    impl = resolve_impl(impl)
+    kh, kw, c, o = w.shape
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(
+            x, w.astype(x.dtype), (stride, stride), padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    p = patches(x, (kh, kw), stride, padding)
+    return jnp.einsum("nhwk,ko->nhwo", p, w.reshape(kh * kw * c, o).astype(x.dtype))
+
+
+class Conv(nn.Module):
+    """Linen wrapper: ``kernel x kernel`` convolution (+ optional bias) via :func:`conv2d`."""
+
+    features: int
+    kernel: int | Sequence[int] = 3
+    stride: int = 1
+    padding: str = "SAME"
+    use_bias: bool = True
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
+        w = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features),
+                       jnp.float32)
+        y = conv2d(x, w, self.stride, self.padding, self.impl)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y

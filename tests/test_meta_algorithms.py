@@ -1,0 +1,163 @@
+"""MAML / first-order MAML / Reptile: exact meta-gradients, learning, determinism."""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as flax_nn
+
+from metanas_jax import meta, spaces
+from metanas_jax.nn.fastconv import Conv
+
+
+class Tasks(NamedTuple):
+    support_x: jax.Array
+    support_y: jax.Array
+    query_x: jax.Array
+    query_y: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=range(1, 8))
+def toy_tasks(key, num_tasks, n_way=3, k_shot=2, n_query=4, size=8, classes=12, noise=0.6):
+    """Episodes of a fixed toy distribution: each class is a random prototype image, its
+    examples are the prototype plus noise (prototypes from a fixed key, episodes from ``key``)."""
+    protos = jax.random.normal(jax.random.PRNGKey(123), (classes, size, size, 1))
+    k_cls, k_noise = jax.random.split(key)
+    cls = jax.vmap(lambda k: jax.random.permutation(k, classes)[:n_way])(
+        jax.random.split(k_cls, num_tasks))
+
+    def draw(k, shots):
+        y = jnp.tile(jnp.arange(n_way), (num_tasks, 1)).repeat(shots, axis=1)
+        c = jnp.take_along_axis(cls, y, axis=1)
+        return protos[c] + noise * jax.random.normal(k, c.shape + (size, size, 1)), y.astype(jnp.int32)
+
+    ks, kq = jax.random.split(k_noise)
+    sx, sy = draw(ks, k_shot)
+    qx, qy = draw(kq, n_query)
+    return Tasks(sx, sy, qx, qy)
+
+
+def tiny_conv4(n_way=3, channels=4, blocks=2):
+    return meta.conv4_learner(n_way, channels=channels, blocks=blocks, downsample="pool")
+
+
+def _to64(tree):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+class SmoothNet(flax_nn.Module):
+    """A smooth (tanh) conv net, optionally mixing candidate ops with architecture weights,
+    so float64 finite differences are exact to ~1e-8 (ReLU kinks and float32 batch-norm
+    statistics would not be)."""
+
+    num_classes: int
+
+    @flax_nn.compact
+    def __call__(self, x, weights=None, train=True):
+        h = jnp.tanh(Conv(3, 3, impl="matmul", name="stem")(x))
+        if weights is not None:
+            w = weights["normal"]  # (edges, primitives): none, skip, avg_pool, sep_conv
+            for e in range(w.shape[0]):
+                conv = jnp.tanh(Conv(3, 3, impl="matmul", name=f"edge{e}")(h))
+                pool = flax_nn.avg_pool(h, (3, 3), padding="SAME")
+                h = w[e, 1] * h + w[e, 2] * pool + w[e, 3] * conv
+        return flax_nn.Dense(self.num_classes, name="head")(h.reshape(h.shape[0], -1))
+
+
+def smooth_search_learner(searching=True):
+    space = spaces.get("darts", nodes=1, primitives=("none", "skip_connect", "avg_pool_3x3",
+                                                     "sep_conv_3x3"))
+    return meta.Learner(SmoothNet(3), space if searching else None, arch_init_scale=0.5)
+
+
+@pytest.mark.parametrize("searching", [False, True])
+def test_maml_gradient_matches_finite_differences(searching):
+    """Second-order MAML meta-gradient = central finite difference of the adapted query
+    loss (float64), and differs from the first-order one by far more than the FD error;
+    with a searching learner the architecture is adapted jointly with annealed temperature."""
+    with jax.enable_x64(True):
+        learner = smooth_search_learner(searching)
+        cfg = meta.MetaConfig(algorithm="maml", inner_steps=2, inner_lr=0.5)
+        if searching:
+            cfg = cfg.replace(arch_update="joint", arch_inner_lr=0.5, temp_start=2.0, temp_end=0.5)
+        t = toy_tasks(jax.random.PRNGKey(0), 1, size=5)
+        sx, qx = (jnp.asarray(a[0], jnp.float64) for a in (t.support_x, t.query_x))
+        sy, qy = t.support_y[0], t.query_y[0]
+        params, z = _to64(learner.init(jax.random.PRNGKey(1), sx))
+
+        def grads(algorithm):
+            c = cfg.replace(algorithm=algorithm)
+            f = jax.jit(lambda p, a: meta.task_meta_gradient(learner, c, p, a, sx, sy, qx, qy, True))
+            return f(params, z)[:2]
+
+        def meta_loss(p, a):
+            p2, a2, _ = meta.adapt(learner, cfg, p, a, sx, sy)
+            return meta.loss_and_accuracy(learner, p2, a2, qx, qy, cfg.temp_end)[0]
+
+        meta_loss = jax.jit(meta_loss)
+        kp, kz = jax.random.split(jax.random.PRNGKey(2))
+        leaves, tdef = jax.tree_util.tree_flatten(params)
+        leaves_v = [jax.random.normal(k, l.shape, jnp.float64)
+                    for k, l in zip(jax.random.split(kp, len(leaves)), leaves)]
+        vp = jax.tree_util.tree_unflatten(tdef, leaves_v)
+        vz = jax.random.normal(kz, z.shape, jnp.float64)
+        # spaces compute the relaxation in float32: a larger step keeps that rounding
+        # (~1e-7) small next to the difference; the net is smooth, so O(eps^2) is tiny too
+        eps, rel = (1e-3, 1e-4) if searching else (1e-5, 1e-6)
+        shift = lambda s: (jax.tree_util.tree_map(lambda a, b: a + s * b, params, vp), z + s * vz)
+        fd = float((meta_loss(*shift(eps)) - meta_loss(*shift(-eps))) / (2 * eps))
+
+        def directional(g):
+            gp, gz = g
+            return float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(gp), leaves_v))
+                         + jnp.vdot(gz, vz))
+
+        g2 = grads("maml")
+        second, first = directional(g2), directional(grads("fomaml"))
+        tol = rel * max(1.0, abs(fd))
+        assert abs(second - fd) <= tol, (second, fd)
+        assert abs(first - fd) > 30 * tol, (first, second, fd)
+        if searching:  # the architecture really receives a meta-gradient
+            assert float(jnp.linalg.norm(g2[1])) > 1e-6
+
+
+
+
+@pytest.mark.parametrize("algorithm,meta_opt,meta_lr", [("fomaml", "adam", 3e-3),
+                                                       ("reptile", "sgd", 0.5)])
+def test_first_order_and_reptile_reduce_meta_loss(algorithm, meta_opt, meta_lr):
+    learner = tiny_conv4()
+    cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=2, inner_lr=0.1, meta_opt=meta_opt,
+                          meta_lr=meta_lr)
+    eval_tasks = toy_tasks(jax.random.PRNGKey(99), 16)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), eval_tasks.support_x[0])
+    step = meta.make_meta_step(learner, cfg)
+    score = meta.make_adapt_and_score(learner, cfg, steps=cfg.inner_steps)
+    meta_loss = lambda s: float(score(s.params, s.arch, eval_tasks)[1].mean())
+    before = meta_loss(state)
+    state, hist = meta.meta_train(step, state, lambda k: toy_tasks(k, 2), 40, log=None, log_every=40)
+    after = meta_loss(state)
+    print(algorithm, before, after)
+    assert int(state.step) == 40 and np.isfinite(hist[-1]["loss"])
+    assert after < 0.9 * before, (before, after)
+
+
+def test_same_seed_same_result_and_seed_matters():
+    learner = smooth_search_learner()
+    cfg = meta.MetaConfig(algorithm="maml", inner_steps=1, inner_lr=0.1, arch_update="alternating",
+                          arch_inner_lr=0.1, arch_meta_lr=1e-2)
+    step = meta.make_meta_step(learner, cfg)
+    tasks = toy_tasks(jax.random.PRNGKey(5), 2)
+
+    def run(seed):
+        state = meta.init_state(learner, cfg, jax.random.PRNGKey(seed), tasks.support_x[0])
+        state, _ = meta.meta_train(step, state, lambda k: toy_tasks(k, 2), 2, log=None)
+        return state
+
+    a, b, c = run(0), run(0), run(1)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a.arch, c.arch)
+    assert int(a.step) == 2

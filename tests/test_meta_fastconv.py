@@ -1,0 +1,80 @@
+"""fastconv: every implementation computes lax.conv, with the same first and second derivatives."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
+from metanas_jax.nn.fastconv import conv2d, patches, resolve_impl
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 5), (2, "SAME", 6), (2, "VALID", 5)])
+def test_matmul_equals_xla_value_and_grads(stride, padding, size):
+    kx, kw, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (2, size, size, 3))
+    w = jax.random.normal(kw, (3, 3, 3, 4))
+
+    def f(impl):
+        return lambda w, x: jnp.sum(jnp.tanh(conv2d(x, w, stride, padding, impl)) ** 2)
+
+    ya = conv2d(x, w, stride, padding, "matmul")
+    yb = conv2d(x, w, stride, padding, "xla")
+    np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-4)
+    ga = jax.jit(jax.grad(f("matmul"), argnums=(0, 1)))(w, x)
+    gb = jax.jit(jax.grad(f("xla"), argnums=(0, 1)))(w, x)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    # second order (what MAML differentiates): Hessian-vector product wrt the kernel
+    v = jax.random.normal(kv, w.shape)
+    hv = lambda impl: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(f(impl))(w, x), v)))(w)
+    np.testing.assert_allclose(hv("matmul"), hv("xla"), rtol=1e-3, atol=1e-3)
+
+
+def test_vmap_over_per_task_weights_matches_loop():
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 5, 5, 2))
+    w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 2, 4))
+    got = jax.jit(jax.vmap(lambda w, x: conv2d(x, w, 1, "SAME", "matmul")))(w, x)
+    want = jnp.stack([conv2d(x[i], w[i], 1, "SAME", "xla") for i in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_patches_layout_matches_hwio():
+    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    p = patches(x, (3, 3), 1, "SAME")
+    assert p.shape == (2, 4, 4, 27)
+    # centre tap (1, 1) of the kernel reads the pixel itself
+    np.testing.assert_array_equal(p[..., 4 * 3:5 * 3], x)
+
+
+def test_bad_inputs_raise():
+    x, w = jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="impl"):
+        conv2d(x, w, impl="winograd")
+    with pytest.raises(ValueError, match="padding"):
+        conv2d(x, w, padding="FULL", impl="matmul")
+    with pytest.raises(ValueError, match="channels"):
+        conv2d(jnp.zeros((1, 5, 5, 3)), w)
+    with pytest.raises(ValueError, match="stride"):
+        conv2d(x, w, stride=0)
+    assert resolve_impl("auto") in ("matmul", "xla")
+
+
+def test_conv4_shapes_impls_agree_and_validation():
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 12, 12, 1))
+    for downsample, feat in (("pool", 8), ("stride", 8)):
+        a = Conv4(5, channels=8, downsample=downsample, conv_impl="matmul")
+        b = Conv4(5, channels=8, downsample=downsample, conv_impl="xla")
+        v = jax.jit(a.init)(jax.random.PRNGKey(0), x)
+        assert v["params"]["head"]["kernel"].shape == (feat, 5)
+        np.testing.assert_allclose(jax.jit(a.apply)(v, x), jax.jit(b.apply)(v, x), rtol=1e-3,
+                                   atol=1e-3)
+    with pytest.raises(ValueError, match="downsample"):
+        Conv4(5, downsample="avg").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="num_classes"):
+        Conv4(0).init(jax.random.PRNGKey(0), x)
+
+
+def test_max_pool_2x2_matches_reduce_window():
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 7, 6, 3))
+    want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(max_pool_2x2(x), want)

@@ -1,0 +1,119 @@
+"""Task strategies, configuration checks, warm-up, meta-test protocol and architecture report."""
+import json
+import math
+import statistics
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metanas_jax import data, meta, spaces
+from tests.test_meta_algorithms import smooth_search_learner, tiny_conv4, toy_tasks
+
+
+def test_map_tasks_strategies_agree():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    fn = lambda x, w: (jnp.tanh(x @ w).sum(), {"m": x.mean()})
+    outs = [jax.jit(lambda x, w, s=s: meta.map_tasks(fn, x, w, strategy=s))(x, w)
+            for s in ("vmap", "map", "unroll", "auto")]
+    for o in outs[1:]:
+        for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(o)):
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+    with pytest.raises(ValueError, match="strategy"):
+        meta.map_tasks(fn, x, w, strategy="pmap")
+    with pytest.raises(ValueError, match="disagree"):
+        meta.map_tasks(fn, x, w[:2], strategy="vmap")
+    if jax.default_backend() == "cpu":
+        assert meta.resolve_strategy("auto", vmap_friendly=False) == "unroll"
+    assert meta.resolve_strategy("auto", vmap_friendly=True) == "vmap"
+
+
+@pytest.mark.parametrize("field,value", [("algorithm", "maml2"), ("inner_steps", 0),
+                                         ("inner_lr", -1.0), ("temp_end", 0.0),
+                                         ("arch_update", "both"), ("meta_opt", "lbfgs"),
+                                         ("strategy", "pmap"), ("arch_warmup_steps", -1)])
+def test_config_rejects_bad_values_naming_them(field, value):
+    with pytest.raises(ValueError, match=field):
+        meta.MetaConfig(**{field: value})
+    with pytest.raises(ValueError, match="unknown field"):
+        meta.MetaConfig.from_dict({"inner_stpes": 3})
+
+
+def test_bad_task_batch_raises():
+    learner = tiny_conv4()
+    cfg = meta.MetaConfig(inner_steps=1)
+    t = toy_tasks(jax.random.PRNGKey(0), 2)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), t.support_x[0])
+    step = meta.make_meta_step(learner, cfg)
+    with pytest.raises(ValueError, match="query_y"):
+        step(state, t._replace(query_y=t.query_y[:1]))
+    with pytest.raises(ValueError, match="support_x"):
+        step(state, t._replace(support_x=t.support_x[0]))
+
+
+def test_arch_frozen_during_warmup_then_learned():
+    learner = smooth_search_learner()
+    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1, arch_update="joint",
+                          arch_inner_lr=0.1, arch_meta_lr=0.05, arch_warmup_steps=2)
+    t = toy_tasks(jax.random.PRNGKey(3), 2, size=5)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), t.support_x[0])
+    step = meta.make_meta_step(learner, cfg)
+    z0 = np.asarray(state.arch)
+    for _ in range(2):
+        state, m = step(state, t)
+        assert float(m["arch_active"]) == 0.0
+    np.testing.assert_array_equal(state.arch, z0)
+    state, m = step(state, t)
+    assert float(m["arch_active"]) == 1.0 and not np.allclose(state.arch, z0)
+    # inside the task, the architecture moves only when the warm-up is over
+    p2, a2, _ = jax.jit(lambda p, a: meta.adapt(learner, cfg, p, a, t.support_x[0], t.support_y[0],
+                                                 arch_active=False))(state.params, state.arch)
+    np.testing.assert_array_equal(a2, state.arch)
+
+
+def test_confidence_interval_formula():
+    v = [0.8, 0.9, 1.0, 0.6, 0.7]
+    mean, hw = meta.confidence_interval(v)
+    want = statistics.NormalDist().inv_cdf(0.975) * statistics.stdev(v) / math.sqrt(len(v))
+    assert mean == pytest.approx(statistics.fmean(v)) and hw == pytest.approx(want)
+    with pytest.raises(ValueError, match="at least 2"):
+        meta.confidence_interval([1.0])
+
+
+def _toy_pool(classes=10, per_class=6, size=5):
+    protos = jax.random.normal(jax.random.PRNGKey(7), (classes, 1, size, size, 1))
+    noise = jax.random.normal(jax.random.PRNGKey(8), (classes, per_class, size, size, 1))
+    return data.ClassPool(images=jnp.asarray(protos + 0.5 * noise, jnp.float32))
+
+
+def test_meta_test_fixed_episodes_and_arch_report(tmp_path):
+    learner = smooth_search_learner()
+    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, eval_inner_steps=2, inner_lr=0.1,
+                          arch_update="alternating", arch_inner_lr=1.0)
+    pool = _toy_pool()
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), pool.images[0, :3])
+    kw = dict(n_way=3, k_shot=1, n_query=2, num_episodes=10, seed=4, batch_size=4)
+    a = meta.meta_test(learner, cfg, state, pool, save_path=tmp_path / "r.json", **kw)
+    b = meta.meta_test(learner, cfg, state, pool, **kw)
+    assert a["accuracy"] == b["accuracy"] and a["ci95"] > 0 and 0 <= a["accuracy"] <= 1
+    assert len(a["task_archs"]) == 10 and a["task_archs"] == b["task_archs"]
+    assert json.loads((tmp_path / "r.json").read_text())["episodes"] == 10
+    space = learner.space
+    assert all(isinstance(space.from_string(s), type(space.decode(state.arch))) for s in a["task_archs"])
+    assert 1 <= a["arch_unique"] <= 10
+    c = meta.meta_test(learner, cfg, state, pool, **{**kw, "seed": 5})
+    assert c["accuracy"] != a["accuracy"] or c["loss"] != a["loss"]
+
+
+def test_architecture_report_counts_differences():
+    space = spaces.get("darts")
+    zs = space.sample(jax.random.PRNGKey(0), 3)
+    same = meta.architecture_report(space, zs[0], jnp.stack([zs[0], zs[0]]))
+    assert same["arch_unique"] == 1 and same["arch_mean_pairwise_distance"] == 0
+    assert same["arch_fraction_equal_to_meta"] == 1.0
+    moved = space.mutate(jax.random.PRNGKey(1), zs[0])
+    rep = meta.architecture_report(space, zs[0], jnp.stack([zs[0], moved]))
+    assert rep["arch_unique"] == 2 and rep["arch_mean_pairwise_distance"] > 0
+    assert rep["arch_fraction_equal_to_meta"] == 0.5
