@@ -5,8 +5,13 @@ meta-learns a DARTS cell with the weights (MetaNAS). Used by
 ``benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts]``.
 """
 import os
+from pathlib import Path
 
 import ml_collections
+
+# ``../shared/data/omniglot`` next to the project root, unless METANAS_OMNIGLOT says otherwise.
+OMNIGLOT = os.environ.get(
+    "METANAS_OMNIGLOT", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
 
 
 def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
@@ -15,7 +20,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = f"omniglot_5w1s_{model}"
     c.data = ml_collections.ConfigDict(dict(
-        source="omniglot:" + os.environ.get("METANAS_OMNIGLOT", "/work/shared/data/omniglot"),
+        source="omniglot:" + OMNIGLOT,
         image_size=28, n_way=5, k_shot=1, n_query_train=1, n_query_test=15, meta_batch=32,
         split_seed=0))
     c.model = ml_collections.ConfigDict(dict(name=model, channels=64, downsample="stride",
