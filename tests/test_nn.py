@@ -10,7 +10,7 @@ from metanas_jax import spaces
 CASES = {
     "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
     "nb201": (spaces.get("nb201"), dict(channels=4, cells_per_stage=1)),
-    "darts": (spaces.get("darts", nodes=3), dict(channels=4, cells=3, stem_multiplier=2)),
+    "darts": (spaces.get("darts", nodes=2), dict(channels=4, cells=3, stem_multiplier=2)),
 }
 X = jax.random.normal(jax.random.key(1), (6, 12, 12, 3))
 
@@ -40,8 +40,7 @@ def test_one_hot_supernet_equals_compact(case):
 
 
 def test_compiles_once_for_50_architectures(case):
-    space, _, sup, variables, _ = case
-    apply = jax.jit(lambda v, x, w: sup.apply(v, x, w, train=True))
+    space, _, sup, variables, apply = case  # the fixture's jit: already compiled once
     outs = [apply(variables, X, space.relax(z, 0.0)) for z in space.sample(jax.random.key(9), 50)]
     assert apply._cache_size() == 1
     assert len({np.asarray(o).tobytes() for o in outs}) > 40  # they really differ
@@ -90,3 +89,28 @@ def test_bad_inputs():
     other = spaces.get("nb201")
     with pytest.raises(ValueError, match="architecture of space"):
         mnn.build(space, other.decode(other.sample(jax.random.key(0), 1)[0]), 5)
+
+
+def test_hard_supernet_equals_compact_and_compiles_once():
+    """macro32's hard mode (only the chosen op runs) == compact network, one program."""
+    space, kw = CASES["macro32"]
+    sup = mnn.supernet(space, 5, **kw)
+    hard = mnn.supernet(space, 5, hard=True, **kw)
+    variables = mnn.init(hard, jax.random.key(2), X)
+    w0 = space.relax(space.sample(jax.random.key(0), 1)[0], 0.0)
+    soft_shapes = jax.eval_shape(lambda: sup.init(jax.random.key(0), X, w0, train=False))
+    assert jax.tree.structure(soft_shapes) == jax.tree.structure(variables)  # same variables
+    apply = jax.jit(lambda v, x, w: hard.apply(v, x, w, train=True))
+    zs = space.sample(jax.random.key(5), 6)
+    for z in zs:
+        arch = space.decode(z)
+        net = mnn.build(space, arch, 5, **kw)
+        y_compact, _ = net.apply(mnn.extract(net, variables, X), X, train=True, mutable=["batch_stats"])
+        np.testing.assert_allclose(apply(variables, X, space.relax(z, 0.0)), y_compact,
+                                   rtol=1e-4, atol=1e-4)
+    assert apply._cache_size() == 1
+    g = jax.grad(lambda v: jnp.sum(apply(v, X, space.relax(zs[0], 0.0)) ** 2))(variables)
+    leaves = jax.tree.leaves(g)
+    assert all(np.all(np.isfinite(a)) for a in leaves) and any(np.any(a != 0) for a in leaves)
+    with pytest.raises(ValueError, match="no hard supernet"):
+        mnn.supernet(spaces.get("nb201"), 5, hard=True)

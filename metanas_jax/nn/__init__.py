@@ -7,6 +7,8 @@
   ``net.apply(vars, x, weights, train)`` with ``weights = space.relax(z, T)``; batch norm
   uses batch statistics, so ``apply`` is pure and one compiled program serves every
   architecture, and ``jax.vmap`` over ``(vars, weights)`` runs a batch of them.
+* ``supernet(space, num_classes, hard=True)`` (``macro32``): same variables and calling
+  convention, one-hot weights only; runs only the chosen op of each layer (fast on CPU).
 * ``extract(net, supernet_vars, x)``: the compact network's variables cut out of the
   supernet's (weight inheritance; with one-hot weights both compute the same function).
 """
@@ -18,12 +20,14 @@ import numpy as np
 from flax import traverse_util
 
 from metanas_jax.nn.cells import DartsNet, DartsSupernet, NB201Net, NB201Supernet
+from metanas_jax.nn.hard import HardMacroSupernet, init_params
 from metanas_jax.nn.macro import MacroNet, MacroSupernet
 from metanas_jax.nn.ops import Norm
 from metanas_jax.spaces import Arch, SearchSpace
 
 _COMPACT = {"macro32": MacroNet, "darts": DartsNet, "nb201": NB201Net}
 _SUPERNET = {"macro32": MacroSupernet, "darts": DartsSupernet, "nb201": NB201Supernet}
+_HARD = {"macro32": HardMacroSupernet}
 
 
 def _check_classes(num_classes):
@@ -38,17 +42,52 @@ def build(space: SearchSpace, arch: Arch, num_classes: int, *, track: bool = Tru
     return _COMPACT[space.name](space=space, arch=arch, num_classes=int(num_classes), track=track, **kw)
 
 
-def supernet(space: SearchSpace, num_classes: int, **kw):
-    """The supernet of ``space``: every architecture in one program."""
+def supernet(space: SearchSpace, num_classes: int, *, hard: bool = False, **kw):
+    """The supernet of ``space``: every architecture in one program.
+
+    ``hard=True`` (``macro32`` only): :class:`HardMacroSupernet`, same variables and
+    calling convention, for hard (one-hot) weights only: it runs just the chosen op of
+    each layer (``lax.switch``), many times faster when not vmapped (CPU)."""
     _check_classes(num_classes)
+    if hard:
+        if space.name not in _HARD:
+            raise ValueError(f"no hard supernet for space {space.name!r}; have {sorted(_HARD)}")
+        return _HARD[space.name](space, int(num_classes), **kw)
     return _SUPERNET[space.name](space=space, num_classes=int(num_classes), **kw)
 
 
 def init(net, key, x, weights=None):
-    """Variables of ``net`` for inputs shaped like ``x`` (``weights`` for a supernet)."""
+    """Variables of ``net`` for inputs shaped like ``x`` (``weights`` for a supernet).
+
+    Parameter shapes come from ``jax.eval_shape`` (tracing only) and values from flax's
+    default initializers drawn in one flat random call (kernels lecun_normal, norm scales
+    and batch-norm variances one, biases and means zero): jitting ``net.init`` of a
+    supernet compiles every op and many high-rank random draws, which took minutes on CPU.
+    Networks with other parameters fall back to ``jax.jit(net.init)``."""
     args = (x,) if weights is None else (x, weights)
-    # jit: un-jitted init of a supernet traces op by op and takes many seconds
+    if isinstance(net, HardMacroSupernet):
+        return jax.jit(lambda k, *a: net.init(k, *a))(key, *args)
+    shapes = jax.eval_shape(lambda k, *a: net.init(k, *a, train=False), key, *args)
+    stacked = ("layers",) if isinstance(net, MacroSupernet) else ()
+    flat = {(col, *path): s for col, tree in shapes.items()
+            for path, s in traverse_util.flatten_dict(tree).items()}
+    if all(p[0] == "params" and p[-1] in ("kernel", "scale", "bias")
+           or p[0] == "batch_stats" and p[-1] in ("mean", "var") for p in flat):
+        return _init_from_shapes(key, shapes, stacked)
     return jax.jit(lambda k, *a: net.init(k, *a, train=False))(key, *args)
+
+
+def _init_from_shapes(key, shapes, stacked):
+    out = {}
+    for col, tree in shapes.items():
+        flat = traverse_util.flatten_dict(tree)
+        if col == "params":
+            vals = init_params(key, flat, stacked, host=True)
+        else:  # batch_stats
+            vals = {p: jnp.asarray((np.ones if p[-1] == "var" else np.zeros)(s.shape, s.dtype))
+                    for p, s in flat.items()}
+        out[col] = traverse_util.unflatten_dict(vals)
+    return out
 
 
 def extract(net, supernet_vars, x):
@@ -86,4 +125,4 @@ def count_params(variables) -> int:
 
 
 __all__ = ["build", "supernet", "init", "extract", "count_params", "Norm",
-           "MacroNet", "MacroSupernet", "DartsNet", "DartsSupernet", "NB201Net", "NB201Supernet"]
+           "MacroNet", "MacroSupernet", "HardMacroSupernet", "DartsNet", "DartsSupernet", "NB201Net", "NB201Supernet"]

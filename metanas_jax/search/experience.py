@@ -5,7 +5,9 @@
 accuracy on its validation split (query) and their cost (parameters of the compact
 network). Every (task, architecture) pair runs through the supernet with hard weights
 ``space.relax(z, 0)`` (architecture as data), vmapped (or, on CPU, ``lax.map``-ped) over a
-chunk of pairs: one compiled program serves all of them. :func:`make_evaluate_fn` is the same program for the candidates
+chunk of pairs: one compiled program serves all of them. When pairs are not vmapped and the
+space has a hard supernet (``macro32``), pairs run through it: only each layer's chosen op
+is computed (``lax.switch``), the same function many times faster. :func:`make_evaluate_fn` is the same program for the candidates
 of one search round on one task. :class:`Experience` is saved atomically to ``.npz``
 (:func:`save_experience`) and reloaded with :func:`load_experience`.
 """
@@ -119,6 +121,9 @@ class TrainConfig:
     vmap: bool | None = None   # pairs of a chunk vmapped (True) or lax.map-ped (False);
     # None: vmap on accelerators, map on CPU, where vmapping convolutions over per-pair
     # weights becomes grouped convolutions that XLA:CPU runs far slower than plain ones
+    hard: bool | None = None   # run pairs through the hard supernet (nn.supernet(hard=True):
+    # only each layer's chosen op runs); None: when pairs are not vmapped and the space has
+    # one (macro32). Same function as the mixing supernet with one-hot weights.
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0 or self.chunk < 1:
@@ -132,7 +137,9 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
     (space, classes, training settings), so every caller shares its compilations."""
     from metanas_jax import nn as mnn
 
-    net = mnn.supernet(space, num_classes, **dict(cfg.supernet_kw))
+    use_vmap = cfg.vmap if cfg.vmap is not None else jax.default_backend() != "cpu"
+    hard = cfg.hard if cfg.hard is not None else (not use_vmap and space.name in mnn._HARD)
+    net = mnn.supernet(space, num_classes, hard=hard, **dict(cfg.supernet_kw))
     opt = optax.adam(cfg.lr)
 
     def one(key, z, sx, sy, qx, qy):
@@ -155,7 +162,6 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
         logits = net.apply({"params": params, **rest}, qx, w, train=True)
         return jnp.mean(jnp.argmax(logits, -1) == qy)
 
-    use_vmap = cfg.vmap if cfg.vmap is not None else jax.default_backend() != "cpu"
     if use_vmap:
         return jax.jit(jax.vmap(one))
     return jax.jit(lambda *a: jax.lax.map(lambda b: one(*b), a))
