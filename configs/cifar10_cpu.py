@@ -1,0 +1,47 @@
+"""CIFAR-10, CPU-sized (aimed at about an hour on 2 cores; see docs/README_pipeline.md for
+what was measured). Meta-learning source: CIFAR-10 train images themselves split into NAS
+tasks of 64 train / 16 val; target: CIFAR-10 train (minus validation) / test.
+
+    metanas run --config configs/cifar10_cpu.py
+    metanas run --config configs/cifar10_cpu.py:/path/to/cifar10-jpg.tar   # other data path
+"""
+
+
+DEFAULT_DATA = "../shared/data/cifar10/cifar10-jpg.tar"
+
+
+def get_config(arg=None):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("metanas_default_cfg", Path(__file__).with_name("default.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.name = "cifar10_cpu"
+    path = arg or DEFAULT_DATA
+    c.data.source = f"folder:{path}"
+    c.data.target = f"folder:{path}"
+    c.data.image_size = 32
+    c.data.n_classes = 10
+    c.data.num_tasks = 12
+    c.data.val_fraction = 0.1
+    c.data.target_train = 1000
+    c.data.target_val = 500
+    c.space.layers = 4
+    c.space.ops = ("conv3x3", "sep_conv3x3", "dil_conv3x3", "max_pool3x3", "identity")
+    c.space.widths = (16, 32)
+    c.space.stem_width = 16
+    c.meta.archs_per_task = 8
+    c.meta.train_steps = 10
+    c.meta.tasks_per_checkpoint = 2
+    c.meta.evaluator_steps = 200
+    c.search.budget = 24
+    c.search.batch_size = 4
+    c.train.epochs = 10
+    c.train.batch_size = 128
+    c.train.lr = 0.1
+    c.train.crop_pad = 4
+    c.train.flip = True
+    c.train.eval_batch_size = 1000
+    return c

@@ -1,0 +1,76 @@
+"""Embedded default: scikit-learn 8x8 digits (no download), all three stages in minutes on
+2 CPU cores. ``metanas run`` uses this file when no ``--config`` is given.
+
+NAS tasks: 5-class tasks of 64 train / 16 val images drawn from the digits training split;
+target task: the digits train split (minus a stratified validation part) / test split.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.name = "default"
+    c.seed = 0
+
+    c.space = ml_collections.ConfigDict()
+    c.space.name = "macro32"
+    c.space.layers = 3
+    c.space.ops = ("conv3x3", "sep_conv3x3", "max_pool3x3", "identity")
+    c.space.widths = (8, 16)
+    c.space.stem_width = 8
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "digits"          # data.load spec of the meta-training source
+    c.data.target = "digits"          # data.load spec of the new task
+    c.data.image_size = 8
+    c.data.n_classes = 10             # classes per NAS task (10 = same program as the target)
+    c.data.n_train = 64               # train images per NAS task
+    c.data.n_val = 16                 # validation images per NAS task
+    c.data.num_tasks = 6              # NAS tasks for meta-learning
+    c.data.val_fraction = 0.15        # of the target's training split, for search
+    c.data.target_train = 200         # target images used by search candidates (0: all)
+    c.data.target_val = 100           # target validation images for search (0: all)
+
+    c.meta = ml_collections.ConfigDict()
+    c.meta.method = "evaluator"       # "evaluator": NAS experience + evaluator + strategy ES
+    c.meta.archs_per_task = 6         # architectures trained per NAS task (experience)
+    c.meta.train_steps = 8            # full-batch Adam steps per candidate (experience and search)
+    c.meta.lr = 3e-3
+    c.meta.chunk = 8                  # (task, arch) pairs per compiled call
+    c.meta.tasks_per_checkpoint = 3   # experience is checkpointed after this many tasks
+    c.meta.evaluator_steps = 50
+    c.meta.batch_tasks = 4
+    c.meta.hidden = (64, 64)
+    c.meta.es_iterations = 1
+    c.meta.es_population = 2
+
+    c.search = ml_collections.ConfigDict()
+    c.search.methods = ("meta", "random", "evolution")  # first one gives the final architecture
+    c.search.budget = 12
+    c.search.batch_size = 4
+    c.search.n_random = 64            # strategy candidate pool
+    c.search.n_starts = 8
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 10
+    c.train.batch_size = 64
+    c.train.lr = 0.05
+    c.train.momentum = 0.9
+    c.train.nesterov = True
+    c.train.weight_decay = 5e-4
+    c.train.label_smoothing = 0.1
+    c.train.warmup_epochs = 1
+    c.train.crop_pad = 1
+    c.train.flip = False              # digits are not mirror-symmetric
+    c.train.bf16 = "auto"             # "auto": bf16 compute on GPU/TPU, float32 on CPU; or "on"/"off"
+    c.train.eval_batch_size = 500
+
+    c.runtime = ml_collections.ConfigDict()  # never affects results
+    c.runtime.progress = True
+    c.runtime.checkpoint_every_epochs = 1
+    c.runtime.tensorboard = False
+    c.runtime.compile_cache = "~/.cache/metanas_jax/xla"  # persistent XLA cache; "" = off
+
+    c.report = ml_collections.ConfigDict()
+    c.report.enabled = True
+    return c

@@ -1,0 +1,81 @@
+"""Stage checkpoints: a pytree of arrays plus a JSON record per step, saved with Orbax.
+
+Why a thin wrapper: every pipeline stage saves "its whole state" (arrays, PRNG keys,
+counters, small JSON-able results) at points of its own choosing and resumes from the
+latest one. Orbax writes each step to a temporary folder and renames it when complete, so
+a run killed at any moment (SIGKILL included) leaves either the previous or the new
+checkpoint, never a torn one. Typed PRNG keys are stored as their raw key data and
+re-wrapped on restore (:func:`to_saveable` / :func:`from_saveable`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+KEY_TAG = "__prng_key__"
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(tree):
+    """Host numpy copy of ``tree``; typed PRNG keys become ``{KEY_TAG: key_data}``."""
+    return jax.tree.map(lambda x: {KEY_TAG: np.asarray(jax.random.key_data(x))} if _is_key(x)
+                        else np.asarray(x), tree)
+
+
+def from_saveable(tree):
+    """Inverse of :func:`to_saveable` (keys re-wrapped, arrays left on the host)."""
+    def is_leaf(x):
+        return isinstance(x, dict) and set(x) == {KEY_TAG}
+    return jax.tree.map(lambda x: jax.random.wrap_key_data(jnp.asarray(x[KEY_TAG])) if is_leaf(x)
+                        else x, tree, is_leaf=is_leaf)
+
+
+class StageCheckpoints:
+    """Checkpoints of one stage under ``directory`` (e.g. ``workdir/ckpt/search``).
+
+    ``save(step, state, record)``: ``state`` a pytree of arrays (may be empty), ``record`` a
+    JSON-able dict. ``latest()``: ``(step, state, record)`` of the newest one, or ``None``.
+    Keeps the last ``keep`` steps. Saving is synchronous: when ``save`` returns the step is
+    on disk.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._mngr = ocp.CheckpointManager(
+            self.directory, item_names=("state", "record"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False,
+                                                 cleanup_tmp_directories=True))
+
+    def save(self, step: int, state: Any, record: dict) -> None:
+        state = {"tree": to_saveable(state)} if jax.tree.leaves(state) else {"tree": {"_": np.zeros(())}}
+        self._mngr.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+        self._mngr.wait_until_finished()
+
+    def latest(self):
+        step = self._mngr.latest_step()
+        if step is None:
+            return None
+        out = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), record=ocp.args.JsonRestore()))
+        tree = out["state"]["tree"]
+        if isinstance(tree, dict) and set(tree) == {"_"}:
+            tree = {}
+        return int(step), from_saveable(_to_numpy(tree)), out["record"]
+
+    def close(self):
+        self._mngr.close()
+
+
+def _to_numpy(tree):
+    return jax.tree.map(lambda x: np.asarray(x), tree)

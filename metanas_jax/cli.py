@@ -1,0 +1,113 @@
+"""``metanas``: the command line of the whole job.
+
+    metanas run                                   # embedded default (8x8 digits), all stages
+    metanas run --config configs/cifar10_cpu.py --workdir runs/c10 --config.search.budget=50
+    metanas meta-train | search | train | report  [same options]
+
+Rerunning a command on the same workdir resumes it; a workdir made by an incompatible
+config is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = ("meta-train", "search", "train", "run", "report")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="metanas", description=__doc__.splitlines()[0],
+                                 epilog="Config overrides: --config.SECTION.KEY=VALUE (e.g. "
+                                        "--config.search.budget=50), type-checked.")
+    ap.add_argument("command", choices=COMMANDS)
+    ap.add_argument("--config", default=None,
+                    help="config file (path.py or path.py:arg, or a name in configs/); default: configs/default.py")
+    ap.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args, rest = ap.parse_known_args(argv)
+    overrides = []
+    it = iter(rest)
+    for item in it:
+        if item.startswith("--config."):
+            body = item[len("--config."):]
+            if "=" not in body:
+                try:
+                    body = f"{body}={next(it)}"
+                except StopIteration:
+                    ap.error(f"override {item} has no value")
+            overrides.append(body)
+        else:
+            ap.error(f"unrecognized argument {item!r}")
+    return args, overrides
+
+
+def main(argv=None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from metanas_jax.config import apply_overrides, load_config
+    try:
+        cfg = load_config(args.config)
+        apply_overrides(cfg, overrides)
+        if args.no_progress:
+            cfg.runtime.progress = False
+    except ValueError as e:
+        print(f"metanas: error: {e}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or Path("runs") / cfg.name)
+    _compile_cache(cfg)
+    from metanas_jax import pipeline, report
+    try:
+        if args.command == "report":
+            if not (workdir / "config.json").is_file():
+                raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
+            # the report reads only the workdir's records: any config may be given
+            path = report.write_report(workdir)
+            print(f"report: {path}")
+            return 0
+        stages = pipeline.STAGES if args.command == "run" else (args.command,)
+        t0 = time.perf_counter()
+        pipeline.run_stages(cfg, workdir, stages)
+        if args.command in ("run", "train") and cfg.report.enabled:
+            path = report.write_report(workdir)
+        else:
+            path = None
+        s = pipeline.summary(workdir)
+        print(_format_summary(s, path, time.perf_counter() - t0))
+    except ValueError as e:
+        print(f"metanas: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _compile_cache(cfg) -> None:
+    """Persistent XLA compilation cache (``runtime.compile_cache``; "" = off): on CPU the
+    supernet training program takes minutes to compile, and resumed or repeated runs reuse it."""
+    import os
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or cfg.runtime.compile_cache
+    if not path:
+        return
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _format_summary(s: dict, report_path, wall: float) -> str:
+    lines = ["", "== metanas summary =="]
+    if "arch" in s:
+        lines.append(f"best architecture ({s.get('primary')}): {s['arch']}")
+        lines.append(f"validation accuracy {s['val_acc']:.4f}, test accuracy {s['test_acc']:.4f}")
+    if "evaluations" in s:
+        lines.append("evaluations used: " + ", ".join(f"{k} {v}" for k, v in s["evaluations"].items()))
+    times = [f"{st} {s[f'{st} seconds']:.1f}s" for st in ("meta-train", "search", "train")
+             if s.get(f"{st} seconds") is not None]
+    if times:
+        lines.append("time per stage (cumulative over resumes): " + ", ".join(times))
+    lines.append(f"this command: {wall:.1f}s; workdir: {s['workdir']}")
+    if report_path:
+        lines.append(f"report: {report_path}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

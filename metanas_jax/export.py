@@ -1,0 +1,88 @@
+"""Export of the final model and :func:`load_model` for inference.
+
+``DIR/model.json``: the architecture (``Arch.to_json``), number of classes, input shape and
+normalisation; ``DIR/variables.msgpack``: the trained variables (``params`` and
+``batch_stats``, float32). Loading needs only the space registry and the compact network
+builder, no search or meta-learning code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+FORMAT = "metanas-model-v1"
+
+
+def save_model(directory, arch, variables, *, num_classes: int, image_shape, class_names=(),
+               mean=(), std=(), extra: dict | None = None) -> Path:
+    """Write ``model.json`` and ``variables.msgpack`` atomically into ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "arch": json.loads(arch.to_json()), "num_classes": int(num_classes),
+            "image_shape": [int(s) for s in image_shape], "class_names": list(class_names),
+            "normalize": {"mean": list(mean), "std": list(std)}, **(extra or {})}
+    blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
+    for name, payload in (("variables.msgpack", blob), ("model.json", json.dumps(meta, indent=1).encode())):
+        tmp = d / f".{name}.tmp{os.getpid()}"
+        tmp.write_bytes(payload)
+        tmp.replace(d / name)
+    return d
+
+
+def load_model(directory):
+    """``(model, variables)`` of an exported model: ``model.apply(variables, x, train=False)``
+    gives logits for normalised float32 images ``(N, H, W, C)``; ``model.preprocess(x)``
+    normalises uint8 pixels as in training. ``ValueError`` naming the file if it is not an
+    export."""
+    from metanas_jax import nn as mnn
+    from metanas_jax.data import normalize
+    from metanas_jax.spaces import Arch
+
+    d = Path(directory)
+    meta_path, var_path = d / "model.json", d / "variables.msgpack"
+    for p in (meta_path, var_path):
+        if not p.is_file():
+            raise ValueError(f"not an exported model: {str(p)!r} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: not JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    arch = Arch.from_json(json.dumps(meta["arch"]))
+    model = mnn.build(arch.space, arch, meta["num_classes"])
+    try:
+        variables = serialization.msgpack_restore(var_path.read_bytes())
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{var_path}: unreadable weights ({e!r})") from e
+    variables = jax.tree.map(jnp.asarray, variables)
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    norm = (lambda x: normalize(x, mean=mean, std=std)) if mean else normalize
+    return _Loaded(model, meta, norm), variables
+
+
+class _Loaded:
+    """The Flax module plus the export's metadata; ``apply`` / attributes pass through."""
+
+    def __init__(self, module, meta, norm):
+        self.module, self.meta, self._norm = module, meta, norm
+        self.arch_string = meta["arch"]["string"]
+        self.num_classes = meta["num_classes"]
+
+    def preprocess(self, x_uint8):
+        return self._norm(x_uint8)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def apply(self, variables, x, train: bool = False, **kw):
+        return self.module.apply(variables, x, train=train, **kw)
+
+    def __repr__(self):
+        return f"LoadedModel({self.arch_string!r}, num_classes={self.num_classes})"

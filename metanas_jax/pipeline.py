@@ -1,0 +1,415 @@
+"""The main job: meta-train -> search -> final training -> report, resumable stage by stage.
+
+Data flow: config -> :func:`prepare` (space, NAS tasks, target task) -> :func:`meta_train`
+(NAS experience, evaluator meta-training, strategy ES) -> :func:`search` (every configured
+method on the target task's train/val split, same budget) -> :func:`final_train` (the first
+method's best architecture, trained and tested, exported) -> :mod:`metanas_jax.report`.
+
+Why it resumes exactly: every random choice is a pure function of ``config.seed`` and a
+position (stage, chunk, round, epoch) via ``fold_in``, and each stage checkpoints its whole
+state (arrays, keys, counters, results so far) with :mod:`metanas_jax.checkpoint` at the
+same positions; a rerun restores the newest checkpoint and continues, so killed + resumed
+runs end with the same results as uninterrupted ones.
+
+Workdir layout: ``config.json``, ``ckpt/<stage>/`` (Orbax), ``metrics/<stage>.jsonl``,
+``experience.npz``, ``search.json``, ``final.json``, ``export/`` (model), ``report/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metanas_jax import data, spaces
+from metanas_jax import search as S
+from metanas_jax import train as T
+from metanas_jax.checkpoint import StageCheckpoints
+from metanas_jax.config import check_workdir
+
+STAGES = ("meta-train", "search", "train")
+METHODS = ("meta", "random", "evolution", "scratch")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _bar(cfg, **kw):
+    from tqdm.auto import tqdm
+    return tqdm(disable=not cfg.runtime.progress, dynamic_ncols=True, **kw)
+
+
+class Metrics:
+    """Append-only JSONL per stage (``workdir/metrics/<stage>.jsonl``)."""
+
+    def __init__(self, workdir: Path, stage: str):
+        self.path = workdir / "metrics" / f"{stage}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **row):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **row}) + "\n")
+
+
+def _write_json(path: Path, obj):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _keys(cfg):
+    root = jax.random.key(int(cfg.seed))
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(
+        ("tasks", "experience", "evaluator", "strategy", "search_eval", "search", "train"))}
+
+
+def _train_config(cfg) -> S.TrainConfig:
+    return S.TrainConfig(steps=int(cfg.meta.train_steps), lr=float(cfg.meta.lr), chunk=int(cfg.meta.chunk))
+
+
+def _stage_done(workdir: Path, stage: str):
+    ck = workdir / "ckpt" / stage
+    if not ck.is_dir():
+        return None
+    latest = StageCheckpoints(ck).latest()
+    if latest is None or not latest[2].get("done"):
+        return None
+    return latest
+
+
+def _require(workdir: Path, stage: str, needed_by: str):
+    latest = _stage_done(workdir, stage)
+    if latest is None:
+        raise ValueError(f"stage {needed_by!r} needs stage {stage!r} finished in workdir "
+                         f"{str(workdir)!r}; run `metanas {stage}` (or `metanas run`) first")
+    return latest
+
+
+# -- data -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prepared:
+    space: Any
+    target: data.TargetTask           # full train / val / test (final training, report)
+    search_task: tuple                # (sx, sy, qx, qy) of the search subsample, normalised
+    num_classes: int
+
+
+def prepare(cfg) -> Prepared:
+    """The space and the target task (loaded, split, subsampled for search)."""
+    if cfg.space.name != "macro32":
+        raise ValueError(f"space.name: the pipeline supports 'macro32' so far, got {cfg.space.name!r}")
+    space = spaces.get(cfg.space.name, layers=int(cfg.space.layers), ops=tuple(cfg.space.ops),
+                       widths=tuple(cfg.space.widths), stem_width=int(cfg.space.stem_width))
+    size = int(cfg.data.image_size) or None
+    tr = data.load(cfg.data.target, split="train", image_size=size)
+    te = data.load(cfg.data.target, split="test", image_size=size)
+    full = data.target_task(tr, te, val_fraction=float(cfg.data.val_fraction), seed=int(cfg.seed))
+    s_tr = data.subsample(full.train, cfg.data.target_train, int(cfg.seed)) \
+        if 0 < cfg.data.target_train < len(full.train) else full.train
+    s_va = data.subsample(full.val, cfg.data.target_val, int(cfg.seed) + 1) \
+        if 0 < cfg.data.target_val < len(full.val) else full.val
+    tb = data.task_batch_from_datasets(s_tr, s_va)
+    return Prepared(space, full, tuple(a[0] for a in tb), int(tr.num_classes))
+
+
+def _evaluator(cfg, prep: Prepared) -> S.Evaluator:
+    return S.Evaluator(prep.space, S.EvaluatorConfig(
+        task_input="images", max_classes=max(prep.num_classes, int(cfg.data.n_classes)),
+        hidden=tuple(int(h) for h in cfg.meta.hidden)))
+
+
+def _strategy_config(cfg) -> S.StrategyConfig:
+    return S.StrategyConfig(n_random=int(cfg.search.n_random), n_starts=int(cfg.search.n_starts))
+
+
+# -- stage 1: meta-learning -------------------------------------------------------------------
+def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
+    """NAS experience (checkpointed every ``meta.tasks_per_checkpoint`` tasks), evaluator
+    meta-training, strategy ES. Returns the stage record."""
+    if cfg.meta.method != "evaluator":
+        raise ValueError(f"meta.method: the pipeline runs 'evaluator' (experience + evaluator + "
+                         f"strategy); got {cfg.meta.method!r}. For gradient-based MetaNAS use "
+                         f"benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py")
+    prep = prep or prepare(cfg)
+    ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
+    metrics = Metrics(workdir, "meta-train")
+    keys = _keys(cfg)
+    latest = ck.latest()
+    if latest is not None and latest[2].get("done"):
+        return latest[2]
+    step, state, rec = latest if latest is not None else (0, {}, {"seconds": 0.0})
+    t_start = time.perf_counter() - float(rec.get("seconds", 0.0))
+    space = prep.space
+    n_tasks, per = int(cfg.data.num_tasks), int(cfg.meta.tasks_per_checkpoint)
+    if per < 1 or n_tasks < 2:
+        raise ValueError("meta.tasks_per_checkpoint must be >= 1 and data.num_tasks >= 2")
+    n_chunks = -(-n_tasks // per)
+    src = data.load(cfg.data.source, split="train", image_size=int(cfg.data.image_size) or None)
+    pool = data.ClassPool.from_dataset(src, per_class="min")
+    tasks = data.sample_nas_tasks(keys["tasks"], pool, int(cfg.data.n_classes), int(cfg.data.n_train),
+                                  int(cfg.data.n_val), n_tasks)
+    zs = list(state.get("zs", [])) if step <= n_chunks else None
+    scores = list(state.get("scores", [])) if step <= n_chunks else None
+    tcfg = _train_config(cfg)
+
+    # 1a. experience, chunk by chunk
+    if step < n_chunks:
+        bar = _bar(cfg, total=n_tasks, initial=min(step * per, n_tasks), desc="meta-train: experience", unit="task")
+        for c in range(step, n_chunks):
+            sl = slice(c * per, min((c + 1) * per, n_tasks))
+            sub = data.TaskBatch(*(a[sl] for a in tasks))
+            exp = S.collect_experience(jax.random.fold_in(keys["experience"], c), space, sub,
+                                       int(cfg.meta.archs_per_task), num_classes=int(cfg.data.n_classes),
+                                       train=tcfg, costs=False)
+            zs.append(np.asarray(exp.zs))
+            scores.append(np.asarray(exp.scores))
+            metrics.log(phase="experience", chunk=c + 1, tasks=sl.stop, mean_acc=float(exp.scores.mean()))
+            bar.update(sl.stop - sl.start)
+            bar.set_postfix(mean_acc=f"{float(np.mean(np.concatenate(scores))):.3f}")
+            ck.save(c + 1, {"zs": zs, "scores": scores},
+                    {"phase": "experience", "seconds": time.perf_counter() - t_start})
+        bar.close()
+        step = n_chunks
+    if step == n_chunks:
+        exp = S.Experience(space=space, zs=np.concatenate(zs), scores=np.concatenate(scores),
+                           costs=np.full((n_tasks, int(cfg.meta.archs_per_task)), np.nan, np.float32),
+                           support_x=np.asarray(tasks.support_x), support_y=np.asarray(tasks.support_y),
+                           meta={"steps": tcfg.steps, "lr": tcfg.lr, "num_classes": int(cfg.data.n_classes)})
+        S.save_experience(workdir / "experience.npz", exp)
+    else:
+        exp = S.load_experience(workdir / "experience.npz")
+    train_data = exp.meta_tasks()
+    n = exp.scores.shape[1]
+    ev = _evaluator(cfg, prep)
+
+    # 1b. evaluator (one checkpoint at the end: meta-training is deterministic in its key)
+    if step == n_chunks:
+        t0 = time.perf_counter()
+        n_sup = min(16, n // 2)
+        params, losses = ev.meta_train(keys["evaluator"], train_data, steps=int(cfg.meta.evaluator_steps),
+                                       batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
+                                       n_query=n - n_sup, lr=1e-3)
+        metrics.log(phase="evaluator", steps=int(cfg.meta.evaluator_steps), first_loss=float(losses[0]),
+                    last_loss=float(np.mean(losses[-10:])), seconds=time.perf_counter() - t0)
+        step = n_chunks + 1
+        state = {"params": params}
+        ck.save(step, state, {"phase": "evaluator", "seconds": time.perf_counter() - t_start,
+                              "evaluator_loss": [float(l) for l in losses[:: max(1, len(losses) // 50)]]})
+        rec = ck.latest()[2]
+    params = state["params"]
+
+    # 1c. strategy ES on simulated searches over the experience
+    t0 = time.perf_counter()
+    batch = int(cfg.search.batch_size)
+    meta = S.MetaSearcher(evaluator=ev, params=params, strategy=S.StrategyParams.create(),
+                          task=jax.tree.map(lambda a: a[0], train_data.task), batch_size=batch,
+                          capacity=batch * max(1, min(3, n // batch)), strategy_config=_strategy_config(cfg))
+    rounds = max(1, min(3, n // batch))
+    with _bar(cfg, total=1, desc="meta-train: strategy ES", unit="run") as bar:
+        meta_es, trace = S.meta_train_strategy(
+            meta, jax.tree.map(lambda a: a[:, :64], train_data.task), train_data.zs, train_data.scores,
+            keys["strategy"], rounds=rounds, iterations=int(cfg.meta.es_iterations),
+            population=int(cfg.meta.es_population), seeds=1)
+        bar.update(1)
+    metrics.log(phase="strategy", trace=[float(t) for t in trace], **meta_es.strategy.describe(),
+                seconds=time.perf_counter() - t0)
+    record = {"phase": "strategy", "done": True, "seconds": time.perf_counter() - t_start,
+              "evaluator_loss": rec.get("evaluator_loss", []), "strategy": meta_es.strategy.describe(),
+              "experience_mean_acc": float(exp.scores.mean())}
+    ck.save(n_chunks + 2, {"params": params, "strategy": np.asarray(meta_es.strategy.as_vector())}, record)
+    return record
+
+
+# -- stage 2: search --------------------------------------------------------------------------
+def _make_searcher(cfg, name, prep, meta_state):
+    space, b, cap = prep.space, int(cfg.search.batch_size), int(cfg.search.budget)
+    cap = max(cap, b)
+    if name == "meta":
+        ev = _evaluator(cfg, prep)
+        task = (prep.search_task[0][:64], prep.search_task[1][:64])
+        return S.MetaSearcher(evaluator=ev, params=jax.tree.map(jnp.asarray, meta_state["params"]),
+                              strategy=S.StrategyParams.from_vector(jnp.asarray(meta_state["strategy"])),
+                              task=task, batch_size=b, capacity=cap, strategy_config=_strategy_config(cfg))
+    if name == "random":
+        return S.RandomSearch(space, b, cap)
+    if name == "evolution":
+        return S.RegularizedEvolution(space, b, cap, population_size=max(2, min(20, cap // 2)),
+                                      tournament_size=max(1, min(5, cap // 4)))
+    if name == "scratch":
+        return S.scratch_searcher(space, batch_size=b, capacity=cap, fit_steps=100,
+                                  config=S.EvaluatorConfig(task_input="none", hidden=tuple(cfg.meta.hidden)),
+                                  strategy_config=_strategy_config(cfg))
+    raise ValueError(f"search.methods: unknown method {name!r}; known: {list(METHODS)}")
+
+
+def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
+    """Every method of ``search.methods`` on the target task with ``search.budget`` real
+    evaluations (train split -> validation accuracy). Checkpointed after every round."""
+    methods = tuple(cfg.search.methods)
+    if not methods:
+        raise ValueError("search.methods must name at least one method")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"search.methods: unknown method {m!r}; known: {list(METHODS)}")
+    _, meta_state, _ = _require(workdir, "meta-train", "search")
+    prep = prep or prepare(cfg)
+    ck = StageCheckpoints(workdir / "ckpt" / "search")
+    metrics = Metrics(workdir, "search")
+    keys = _keys(cfg)
+    latest = ck.latest()
+    if latest is not None and latest[2].get("done"):
+        return latest[2]
+    step, state_leaves, rec = latest if latest is not None else (0, {}, {"results": {}, "seconds": 0.0})
+    t_start = time.perf_counter() - float(rec.get("seconds", 0.0))
+    results = rec["results"]
+    budget = int(cfg.search.budget)
+    evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys["search_eval"],
+                                  num_classes=prep.num_classes, train=_train_config(cfg))
+    cache: dict[tuple, float] = {}
+    for r in results.values():  # evaluations are deterministic per architecture: reuse them
+        cache.update({tuple(c): s for c, s in zip(r["choices"], r["scores"])})
+
+    def evaluate_cached(zs):
+        archs = [tuple(prep.space.decode(z).choices) for z in zs]
+        todo = [i for i, a in enumerate(archs) if a not in cache]
+        if todo:
+            for i, s in zip(todo, evaluate(np.asarray(zs)[todo])):
+                cache[archs[i]] = float(s)
+        return np.asarray([cache[a] for a in archs], np.float32), archs
+
+    for name in methods:
+        if name in results and results[name].get("done"):
+            continue
+        searcher = _make_searcher(cfg, name, prep, meta_state)
+        state = searcher.init(keys["search"])
+        r = results.get(name) or {"choices": [], "zs": [], "scores": [], "predicted": [], "seconds": 0.0}
+        if rec.get("current") == name and state_leaves:
+            treedef = jax.tree.structure(state)
+            state = jax.tree.unflatten(treedef, [jnp.asarray(x) if not isinstance(x, jax.Array) else x
+                                                 for x in state_leaves["leaves"]])
+        ask, tell = jax.jit(searcher.ask), jax.jit(searcher.tell)
+        predict = jax.jit(searcher.predict) if name in ("meta", "scratch") else None
+        bar = _bar(cfg, total=budget, initial=len(r["scores"]), desc=f"search: {name}", unit="eval")
+        while len(r["scores"]) < budget:
+            t0 = time.perf_counter()
+            state, zs = ask(state)
+            zs = np.asarray(zs)[: budget - len(r["scores"])]
+            pred = np.asarray(predict(state, jnp.asarray(zs))).tolist() if predict else [None] * len(zs)
+            sc, archs = evaluate_cached(zs)
+            state = tell(state, jnp.asarray(zs), jnp.asarray(sc))
+            r["choices"] += [list(a) for a in archs]
+            r["zs"] += zs.tolist()
+            r["scores"] += sc.tolist()
+            r["predicted"] += pred
+            r["seconds"] += time.perf_counter() - t0
+            step += 1
+            results[name] = r
+            bar.update(len(zs))
+            bar.set_postfix(best=f"{max(r['scores']):.3f}")
+            metrics.log(method=name, evaluations=len(r["scores"]), best=max(r["scores"]),
+                        round_scores=sc.tolist())
+            ck.save(step, {"leaves": list(jax.tree.leaves(state))},
+                    {"results": results, "current": name, "seconds": time.perf_counter() - t_start})
+        bar.close()
+        i = int(np.argmax(r["scores"]))
+        r.update(done=True, best_index=i, best_val=r["scores"][i],
+                 best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
+        results[name] = r
+        state_leaves = {}
+        rec["current"] = None
+        step += 1
+        ck.save(step, {}, {"results": results, "current": None, "seconds": time.perf_counter() - t_start})
+    record = {"results": results, "done": True, "primary": methods[0],
+              "seconds": time.perf_counter() - t_start}
+    step += 1
+    ck.save(step, {}, record)
+    _write_json(workdir / "search.json", record)
+    return record
+
+
+# -- stage 3: final training ------------------------------------------------------------------
+def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
+    """Train the primary method's best architecture on the full target train split; test
+    once at the end; export architecture + weights to ``workdir/export``."""
+    _, _, srec = _require(workdir, "search", "train")
+    prep = prep or prepare(cfg)
+    fcfg = T.FinalTrainConfig.from_config(cfg.train)
+    primary = srec["primary"]
+    arch = prep.space.make_arch(srec["results"][primary]["best_choices"])
+    ck = StageCheckpoints(workdir / "ckpt" / "train")
+    metrics = Metrics(workdir, "train")
+    latest = ck.latest()
+    if latest is not None and latest[2].get("done"):
+        return latest[2]
+    key = _keys(cfg)["train"]
+    start, seconds0 = None, 0.0
+    if latest is not None:
+        step, st, rec = latest
+        template = _template_state(prep, arch, fcfg, key)
+        state = jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(x) for x in st["leaves"]])
+        start, seconds0 = (step, state, rec["history"]), float(rec["seconds"])
+    t_start = time.perf_counter() - seconds0
+    every = max(1, int(cfg.runtime.checkpoint_every_epochs))
+
+    def on_epoch(epoch, state, history):
+        metrics.log(**history[-1])
+        if epoch % every == 0 or epoch == fcfg.epochs:
+            ck.save(epoch, {"leaves": list(jax.tree.leaves(state))},
+                    {"history": history, "seconds": time.perf_counter() - t_start})
+
+    state, net, history, result = T.train(prep.space, arch, prep.target, fcfg, key, start=start,
+                                          on_epoch=on_epoch, progress=bool(cfg.runtime.progress))
+    from metanas_jax.export import save_model
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    save_model(workdir / "export", arch, variables, num_classes=prep.num_classes,
+               image_shape=prep.target.train.image_shape, class_names=prep.target.train.class_names,
+               extra={"val_acc": result["val_acc"], "test_acc": result["test_acc"]})
+    record = {"done": True, "arch": str(arch), "choices": list(arch.choices), "history": history,
+              **result, "epochs": fcfg.epochs, "seconds": time.perf_counter() - t_start,
+              "compute_dtype": "bfloat16" if fcfg.compute_dtype() is not None else "float32"}
+    ck.save(fcfg.epochs + 1, {}, record)
+    _write_json(workdir / "final.json", record)
+    return record
+
+
+def _template_state(prep, arch, fcfg, key):
+    from metanas_jax import nn as mnn
+    net = mnn.build(prep.space, arch, prep.num_classes, dtype=fcfg.compute_dtype())
+    steps = max(len(prep.target.train) // fcfg.batch_size, 1)
+    tx = T.make_optimizer(fcfg, steps)
+    k_init, _ = jax.random.split(key)
+    return jax.eval_shape(lambda: T.create_state(net, k_init, prep.target.train.image_shape, tx))
+
+
+# -- all ---------------------------------------------------------------------------------------
+def run_stages(cfg, workdir: Path, stages=STAGES) -> dict:
+    """Run ``stages`` in order on ``workdir`` (resuming each), then the report."""
+    workdir = Path(workdir)
+    check_workdir(cfg, workdir)
+    prep = prepare(cfg)
+    out = {}
+    fns = {"meta-train": meta_train, "search": search, "train": final_train}
+    for st in stages:
+        out[st] = fns[st](cfg, workdir, prep)
+    return out
+
+
+def summary(workdir: Path) -> dict:
+    """Stage times and the final results, from the workdir's stage records."""
+    workdir = Path(workdir)
+    out = {"workdir": str(workdir)}
+    for st in STAGES:
+        latest = _stage_done(workdir, st)
+        if latest is not None:
+            out[f"{st} seconds"] = latest[2].get("seconds")
+            if st == "search":
+                res = latest[2]["results"]
+                out["evaluations"] = {k: len(v["scores"]) for k, v in res.items()}
+                out["primary"] = latest[2]["primary"]
+            if st == "train":
+                out.update(arch=latest[2]["arch"], val_acc=latest[2]["val_acc"],
+                           test_acc=latest[2]["test_acc"])
+    return out

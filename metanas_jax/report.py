@@ -1,0 +1,170 @@
+"""``workdir/report/report.md`` + PNG figures, from the stage records of a workdir.
+
+Figures: best-so-far validation accuracy vs evaluations per search method; predicted vs
+measured accuracy of the meta-searcher's candidates on the new task; training curves of
+the final model; a drawing of the found architecture (one box per layer). Only stages that
+finished are shown, so the report can be written at any point.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _load(workdir: Path):
+    from metanas_jax.pipeline import _stage_done
+    return {st: (rec[2] if (rec := _stage_done(workdir, st)) else None)
+            for st in ("meta-train", "search", "train")}
+
+
+def plot_search(results: dict, path: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in results.items():
+        bsf = np.maximum.accumulate(np.asarray(r["scores"]))
+        ax.plot(np.arange(1, len(bsf) + 1), bsf, label=name)
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_predicted(r: dict, path: Path):
+    plt = _plt()
+    pred = [p for p in r["predicted"]]
+    keep = [i for i, p in enumerate(pred) if p is not None]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    x = np.asarray([pred[i] for i in keep])
+    y = np.asarray([r["scores"][i] for i in keep])
+    sc = ax.scatter(x, y, c=np.arange(len(keep)), cmap="viridis", s=14)
+    fig.colorbar(sc, ax=ax, label="evaluation #")
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("predicted accuracy (before evaluation)")
+    ax.set_ylabel("measured validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    from metanas_jax.search import kendall_tau
+    return float(kendall_tau(x, y)) if len(keep) > 2 else float("nan")
+
+
+def plot_training(history: list, path: Path):
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    a.plot(ep, [h["train_loss"] for h in history])
+    a.set_xlabel("epoch")
+    a.set_ylabel("train loss")
+    b.plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
+    b.plot(ep, [h["val_acc"] for h in history], label="validation")
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy")
+    b.legend()
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+OP_COLORS = {"conv3x3": "#4c72b0", "conv5x5": "#55a868", "sep_conv3x3": "#c44e52",
+             "sep_conv5x5": "#8172b2", "dil_conv3x3": "#ccb974", "max_pool3x3": "#64b5cd",
+             "identity": "#cccccc"}
+
+
+def plot_arch(arch_string: str, path: Path):
+    """Boxes left to right: stem, one per layer (height ~ width, '/2' = stride 2), head."""
+    plt = _plt()
+    layers = [p.strip() for p in arch_string.split("|")]
+    fig, ax = plt.subplots(figsize=(1.6 * (len(layers) + 2), 2.6))
+    widths = []
+    for p in layers:
+        body = p.replace("/2", "").replace("+res", "")
+        widths.append(int(body.rpartition("-")[2]))
+    wmax = max(widths)
+    boxes = [("stem", None, 0.5, "#eeeeee")] + [
+        (p, w, 0.3 + 0.7 * w / wmax, OP_COLORS.get(p.replace("/2", "").replace("+res", "").rpartition("-")[0], "#999"))
+        for p, w in zip(layers, widths)] + [("pool + dense", None, 0.5, "#eeeeee")]
+    for i, (label, _, h, color) in enumerate(boxes):
+        ax.add_patch(_plt().Rectangle((i * 1.4, -h / 2), 1.0, h, color=color, ec="k"))
+        ax.text(i * 1.4 + 0.5, 0, label.replace(" ", "\n").replace("-", "\n", 1), ha="center",
+                va="center", fontsize=7)
+        if i:
+            ax.annotate("", (i * 1.4, 0), (i * 1.4 - 0.4, 0), arrowprops={"arrowstyle": "->"})
+        if "+res" in label:
+            ax.annotate("", (i * 1.4 + 1.0, h / 2 + 0.05), (i * 1.4 - 0.4, h / 2 + 0.05),
+                        arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=-0.4", "color": "gray"})
+    ax.set_xlim(-0.2, len(boxes) * 1.4)
+    ax.set_ylim(-0.8, 0.9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell: architecture strings contain '|'."""
+    return str(text).replace("|", "\\|")
+
+
+def write_report(workdir) -> Path:
+    """Write ``workdir/report/report.md`` (+ figures) and return its path."""
+    workdir = Path(workdir)
+    out = workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    recs = _load(workdir)
+    cfg = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").is_file() else {}
+    lines = [f"# metanas report: {cfg.get('name', workdir.name)}", ""]
+    rows = [("stage", "seconds", "notes")]
+    m = recs["meta-train"]
+    if m:
+        rows.append(("meta-train", f"{m['seconds']:.1f}",
+                     f"experience mean acc {m.get('experience_mean_acc', float('nan')):.3f}; strategy "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in m.get("strategy", {}).items())))
+    s = recs["search"]
+    if s:
+        rows.append(("search", f"{s['seconds']:.1f}", f"methods {', '.join(s['results'])}"))
+    t = recs["train"]
+    if t:
+        rows.append(("train", f"{t['seconds']:.1f}", f"{t['epochs']} epochs, {t['compute_dtype']}"))
+    lines += ["## Stages", "", "| " + " | ".join(rows[0]) + " |", "|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+    if s:
+        res = s["results"]
+        plot_search(res, out / "search.png")
+        lines += ["## Search on the new task", "",
+                  "| method | evaluations | best val acc | found at | best architecture |", "|---|---|---|---|---|"]
+        for name, r in res.items():
+            i = int(np.argmax(r["scores"]))
+            lines.append(f"| {name} | {len(r['scores'])} | {r['scores'][i]:.4f} | {i + 1} | `{_cell(r.get('best_arch', ''))}` |")
+        lines += ["", "![best so far](search.png)", ""]
+        for name in ("meta", "scratch"):
+            if name in res and any(p is not None for p in res[name]["predicted"]):
+                tau = plot_predicted(res[name], out / f"predicted_{name}.png")
+                lines += [f"Predicted vs measured accuracy of the `{name}` searcher's candidates "
+                          f"(Kendall tau {tau:.3f}):", "", f"![predicted]({f'predicted_{name}.png'})", ""]
+    if t:
+        plot_training(t["history"], out / "training.png")
+        plot_arch(t["arch"], out / "arch.png")
+        lines += ["## Final model", "",
+                  "| architecture | params | val acc | test acc | epochs |", "|---|---|---|---|---|",
+                  f"| `{_cell(t['arch'])}` | {t['params']} | {t['val_acc']:.4f} | {t['test_acc']:.4f} | {t['epochs']} |",
+                  "", "![architecture](arch.png)", "", "![training curves](training.png)", "",
+                  f"Exported to `{(workdir / 'export').as_posix()}` "
+                  "(`metanas_jax.load_model(dir)`)."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

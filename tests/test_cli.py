@@ -1,0 +1,107 @@
+"""End to end through the ``metanas`` command (subprocesses): every subcommand, SIGKILL
+mid-stage + resume == uninterrupted run, report and export. Tiny settings; the XLA
+compilation cache is shared between the runs so only the first one compiles."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = ["--no-progress", "--config.data.num_tasks=4", "--config.meta.archs_per_task=4",
+        "--config.meta.tasks_per_checkpoint=2", "--config.meta.train_steps=4",
+        "--config.meta.evaluator_steps=20", "--config.search.budget=8",
+        "--config.search.methods=meta,random", "--config.train.epochs=3",
+        "--config.data.target_train=64", "--config.data.target_val=16"]
+
+
+def _env(cache):
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(args, cache, check=True):
+    p = subprocess.run([sys.executable, "-m", "metanas_jax", *args], env=_env(cache),
+                       capture_output=True, text=True, timeout=1500)
+    if check and p.returncode != 0:
+        raise AssertionError(f"metanas {args[0]} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def _results(workdir: Path):
+    s = json.loads((workdir / "search.json").read_text())
+    f = json.loads((workdir / "final.json").read_text())
+    return ({k: (v["choices"], v["scores"]) for k, v in s["results"].items()},
+            (f["arch"], f["val_acc"], f["test_acc"], [h["val_acc"] for h in f["history"]]))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("xla")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+    wd = tmp_path_factory.mktemp("run") / "a"
+    p = _cli(["run", "--workdir", str(wd), *TINY], cache)
+    assert "best architecture" in p.stdout and "test accuracy" in p.stdout
+    return wd, p.stdout
+
+
+@pytest.mark.slow
+def test_run_summary_report_export(uninterrupted):
+    wd, out = uninterrupted
+    assert (wd / "report" / "report.md").is_file()
+    for fig in ("search.png", "training.png", "arch.png", "predicted_meta.png"):
+        assert (wd / "report" / fig).is_file(), fig
+    for st in ("meta-train", "search", "train"):
+        assert (wd / "metrics" / f"{st}.jsonl").is_file()
+    from metanas_jax.export import load_model
+    from metanas_jax import data
+    model, variables = load_model(wd / "export")
+    x = data.load("digits", split="test").images[:5]
+    logits = model.apply(variables, model.preprocess(x))
+    assert logits.shape == (5, 10)
+    final = json.loads((wd / "final.json").read_text())
+    assert model.arch_string == final["arch"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
+    wd_a, _ = uninterrupted
+    wd = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "metanas_jax", "run", "--workdir", str(wd), *TINY],
+                            env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # kill once the search stage has checkpointed at least one round (mid-stage)
+    deadline = time.time() + 1200
+    ck = wd / "ckpt" / "search"
+    while time.time() < deadline and proc.poll() is None:
+        if ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "run ended before it could be killed; make TINY larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (wd / "final.json").exists()
+    # resume stage by stage: exercises each subcommand
+    _cli(["meta-train", "--workdir", str(wd), *TINY], cache)
+    _cli(["search", "--workdir", str(wd), *TINY], cache)
+    _cli(["train", "--workdir", str(wd), *TINY], cache)
+    p = _cli(["report", "--workdir", str(wd), *TINY], cache)
+    assert "report.md" in p.stdout
+    a, b = _results(wd_a), _results(wd)
+    assert a[0].keys() == b[0].keys()
+    for k in a[0]:
+        assert a[0][k][0] == b[0][k][0], k
+        np.testing.assert_array_equal(a[0][k][1], b[0][k][1])
+    assert a[1] == b[1]
+
+
+@pytest.mark.slow
+def test_incompatible_workdir_refused(uninterrupted, cache):
+    wd, _ = uninterrupted
+    p = _cli(["search", "--workdir", str(wd), *TINY, "--config.search.budget=9"], cache, check=False)
+    assert p.returncode == 2 and "incompatible config" in p.stderr and "search.budget" in p.stderr

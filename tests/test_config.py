@@ -1,0 +1,63 @@
+"""Config loading, type-checked overrides, workdir compatibility (fast, no training)."""
+import json
+
+import pytest
+
+from metanas_jax import cli
+from metanas_jax.config import apply_overrides, check_workdir, load_config
+
+
+def test_default_and_overrides():
+    cfg = load_config()
+    apply_overrides(cfg, ["search.budget=50", "space.widths=(8,16,32)", "train.lr=1", "data.target=folder:x"])
+    assert cfg.search.budget == 50 and cfg.space.widths == (8, 16, 32)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.target == "folder:x"
+
+
+@pytest.mark.parametrize("item,msg", [("search.budgett=5", "search.budgett"),
+                                      ("nosuch.key=1", "nosuch"),
+                                      ("search.budget=abc", "search.budget"),
+                                      ("search.budget=1.5", "search.budget"),
+                                      ("train.nesterov=3", "train.nesterov"),
+                                      ("search=3", "section")])
+def test_bad_override(item, msg):
+    cfg = load_config()
+    with pytest.raises(ValueError, match=msg):
+        apply_overrides(cfg, [item])
+
+
+def test_cli_rejects_unknown_key(tmp_path, capsys):
+    rc = cli.main(["search", "--workdir", str(tmp_path), "--config.search.nope=1"])
+    assert rc == 2
+    assert "search.nope" in capsys.readouterr().err
+
+
+def test_missing_config_file():
+    with pytest.raises(ValueError, match="not found"):
+        load_config("configs/does_not_exist.py")
+
+
+def test_incompatible_workdir(tmp_path, capsys):
+    cfg = load_config()
+    check_workdir(cfg, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["search"]["budget"] == cfg.search.budget
+    cfg.runtime.progress = False          # non-result key: accepted
+    check_workdir(cfg, tmp_path)
+    apply_overrides(cfg, ["search.budget=99"])
+    with pytest.raises(ValueError, match="incompatible config.*search.budget"):
+        check_workdir(cfg, tmp_path)
+    rc = cli.main(["run", "--workdir", str(tmp_path), "--config.search.budget=99"])
+    assert rc == 2 and "incompatible" in capsys.readouterr().err
+
+
+def test_stage_order(tmp_path, capsys):
+    rc = cli.main(["train", "--workdir", str(tmp_path), "--no-progress"])
+    assert rc == 2 and "needs stage" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    for name in ("default", "cifar10_cpu", "cifar10_reference"):
+        cfg = load_config(name)
+        assert cfg.search.budget >= 1
