@@ -66,23 +66,55 @@ def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch
     return gp, ga, metrics
 
 
-def make_meta_step(learner, cfg: MetaConfig, jit: bool = True):
-    """The pure ``meta_step(state, task_batch) -> (state, metrics)`` for this learner."""
+def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: str = "data"):
+    """The pure ``meta_step(state, task_batch) -> (state, metrics)`` for this learner.
+
+    With ``mesh`` (a ``jax.sharding.Mesh`` with axis ``axis``; see
+    :mod:`metanas_jax.parallel`) the task axis of the batch is split over the mesh's
+    devices: each device runs its tasks through :func:`map_tasks` inside ``shard_map``, the
+    meta-gradients and metrics are averaged explicitly (``pmean``), and the update is
+    applied to the replicated state. The meta-batch must divide by the mesh size. The
+    weights are made device-varying (``lax.pcast``) before any gradient: otherwise the
+    gradient wrt a replicated input is implicitly summed over devices, which makes every
+    inner step ``devices`` times too large.
+    """
     w_opt, a_opt = meta_optimizer(cfg), arch_optimizer(cfg)
     learn_arch = learner.searches and cfg.arch_meta_lr > 0
 
-    def meta_step(state: MetaState, batch):
-        sx, sy, qx, qy = check_task_batch(batch)
-        arch_active = state.step >= cfg.arch_warmup_steps
+    def task_grads(params, arch, arch_active, sx, sy, qx, qy):
+        """Mean meta-gradient and metrics over the (local) tasks."""
+        if mesh is not None:  # replicated -> varying, so gradients stay per device
+            params, arch = jax.tree_util.tree_map(
+                lambda a: jax.lax.pcast(a, axis, to="varying"), (params, arch))
 
         def one(sx_, sy_, qx_, qy_):
-            return task_meta_gradient(learner, cfg, state.params, state.arch, sx_, sy_, qx_, qy_,
+            return task_meta_gradient(learner, cfg, params, arch, sx_, sy_, qx_, qy_,
                                       arch_active)
 
         gp, ga, m = map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
                               vmap_friendly=learner.vmap_friendly)
-        gp = jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), gp)
-        ga = jnp.mean(ga, 0)
+        gp, ga, m = jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), (gp, ga, m))
+        if mesh is not None:
+            gp, ga, m = jax.lax.pmean((gp, ga, m), axis)
+        return gp, ga, m
+
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+
+        if axis not in mesh.axis_names:
+            raise ValueError(f"make_meta_step: mesh has axes {mesh.axis_names}, no {axis!r}")
+        n_dev = mesh.shape[axis]
+        task_grads = jax.shard_map(task_grads, mesh=mesh,
+                                   in_specs=(P(), P(), P()) + (P(axis),) * 4,
+                                   out_specs=(P(), P(), P()))
+
+    def meta_step(state: MetaState, batch):
+        sx, sy, qx, qy = check_task_batch(batch)
+        if mesh is not None and sx.shape[0] % n_dev:
+            raise ValueError(f"meta-batch of {sx.shape[0]} tasks does not split over "
+                             f"{n_dev} devices (mesh axis {axis!r})")
+        arch_active = state.step >= cfg.arch_warmup_steps
+        gp, ga, metrics = task_grads(state.params, state.arch, arch_active, sx, sy, qx, qy)
         up, opt_state = w_opt.update(gp, state.opt_state, state.params)
         params = optax.apply_updates(state.params, up)
         arch, arch_opt_state = state.arch, state.arch_opt_state
@@ -91,7 +123,7 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True):
             arch = jnp.where(arch_active, optax.apply_updates(state.arch, ua), state.arch)
             arch_opt_state = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(arch_active, a, b), new_aos, state.arch_opt_state)
-        metrics = {k: jnp.mean(v) for k, v in m.items()}
+        metrics = dict(metrics)
         metrics.update(grad_norm=optax.tree.norm(gp), arch_grad_norm=optax.tree.norm(ga),
                        arch_active=arch_active.astype(jnp.float32),
                        step=state.step.astype(jnp.float32))

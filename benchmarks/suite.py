@@ -1,0 +1,311 @@
+"""Benchmark suite: one command, one table.
+
+    python benchmarks/suite.py            # default (~15 min on a 2-core CPU)
+    python benchmarks/suite.py --quick    # a few minutes: fewer settings and repeats
+    python benchmarks/suite.py --dtype bf16 --meta-batch 16,32,64   # e.g. on a GPU
+
+Rows:
+* ``peak``: the machine's measured matmul FLOP/s (an N x N matmul, median of repeats):
+  the reference for every ``%peak``.
+* ``meta/<model>/<algorithm>/mb<T>``: one jitted meta-step (conv4 and the DARTS supernet;
+  MAML, first-order MAML, Reptile; meta-batch T): compile time (lower + compile, once),
+  median step time and spread (min..max over ``--repeats`` steps after one warm-up), step
+  time with compile amortised over 1,000 steps, FLOPs of the compiled step from XLA's cost
+  analysis, achieved FLOP/s and its share of the peak. With several devices the tasks are
+  sharded over all of them (``metanas_jax.parallel``).
+* ``torch/conv4/maml/mb<T>``: the same second-order MAML step in PyTorch
+  (``benchmarks/torch_maml.py``); ``ratio`` = PyTorch step / JAX step (compile amortised
+  over 1,000 steps), i.e. how many times faster JAX is (skipped without torch).
+* ``search/<space>``: candidate evaluations per second of ``search.make_evaluate_fn`` over
+  a search of ``--search-rounds`` rounds (first round, which compiles, excluded), and the
+  compilations per search.
+
+Shapes: Omniglot-style 5-way 1-shot, 15 queries, 28x28x1, 5 inner steps (timing depends
+on shapes only, so episodes are synthetic). The header gives the machine, load and command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from metanas_jax import data, meta, parallel, spaces  # noqa: E402
+
+AMORTIZE = 1000
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def timed(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def flops_of(compiled) -> float:
+    try:
+        ca = compiled.cost_analysis()
+        if isinstance(ca, (list, tuple)):
+            ca = ca[0]
+        return float(ca.get("flops", float("nan")))
+    except Exception:  # some backends do not report
+        return float("nan")
+
+
+def peak_flops(n, dtype, repeats):
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    ts = timed(lambda: f(a, b), repeats)
+    med = statistics.median(ts)
+    return 2.0 * n ** 3 / med, ts
+
+
+def episodes(tasks, dtype, n_way=5, k_shot=1, n_query=15, size=28):
+    ks, kq = jax.random.split(jax.random.PRNGKey(0))
+    return data.TaskBatch(
+        jax.random.normal(ks, (tasks, n_way * k_shot, size, size, 1), dtype),
+        jnp.tile(jnp.arange(n_way, dtype=jnp.int32).repeat(k_shot), (tasks, 1)),
+        jax.random.normal(kq, (tasks, n_way * n_query, size, size, 1), dtype),
+        jnp.tile(jnp.arange(n_way, dtype=jnp.int32).repeat(n_query), (tasks, 1)))
+
+
+def learner_for(model, args):
+    if model == "conv4":
+        return meta.conv4_learner(5, channels=64, conv_impl=args.conv_impl)
+    if model == "darts":
+        return meta.supernet_learner(spaces.get("darts"), 5, channels=args.darts_channels,
+                                     cells=args.darts_cells)
+    raise ValueError(f"unknown model {model!r}")
+
+
+def bench_meta(model, algorithm, tasks, args, peak, dtype):
+    learner = learner_for(model, args)
+    extra = ({"arch_update": "alternating", "arch_inner_lr": 0.1, "arch_meta_lr": 3e-4}
+             if learner.searches else {})
+    cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=args.inner_steps, inner_lr=0.1,
+                          strategy=args.strategy, **extra)
+    batch = episodes(tasks, dtype)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
+    n_dev = jax.device_count()
+    if n_dev > 1 and tasks % n_dev == 0:
+        mesh = parallel.make_mesh()
+        step = parallel.make_sharded_meta_step(learner, cfg, mesh)
+        batch = jax.device_put(batch, parallel.sharded(mesh))
+        state = jax.device_put(state, parallel.replicated(mesh))
+    else:
+        step = meta.make_meta_step(learner, cfg)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    flops = flops_of(compiled)
+    ts = timed(lambda: compiled(state, batch)[1], args.repeats)
+    med = statistics.median(ts)
+    return {"name": f"meta/{model}/{algorithm}/mb{tasks}", "compile_s": compile_s,
+            "median_s": med, "min_s": min(ts), "max_s": max(ts), "n": len(ts),
+            "amortized_s": med + compile_s / AMORTIZE, "gflop": flops / 1e9,
+            "gflops": flops / med / 1e9, "pct_peak": 100.0 * flops / med / peak,
+            "strategy": meta.resolve_strategy(cfg.strategy, learner.vmap_friendly)}
+
+
+def bench_torch(tasks, args, jax_row):
+    try:
+        import torch_maml
+        r = torch_maml.bench(meta_batch=tasks, inner_steps=args.inner_steps, inner_lr=0.1,
+                             repeats=args.torch_repeats, threads=os.cpu_count(),
+                             device="cuda" if jax.default_backend() == "gpu" else "cpu")
+    except ImportError as e:
+        return {"name": f"torch/conv4/maml/mb{tasks}", "note": f"skipped: {e}"}
+    ts = r["times"]
+    row = {"name": f"torch/conv4/maml/mb{tasks}", "median_s": r["median_s"], "min_s": min(ts),
+           "max_s": max(ts), "n": len(ts), "note": f"torch {r['torch']}, {r['threads']} threads"}
+    if jax_row is not None:
+        row["ratio"] = r["median_s"] / jax_row["amortized_s"]
+        row["note"] += f"; ratio = torch / JAX({jax_row['name']}, compile amortised)"
+    return row
+
+
+def bench_search(args):
+    from metanas_jax.search import TrainConfig, make_evaluate_fn
+
+    space = spaces.get(args.search_space)
+    kw = (("channels", 8), ("cells_per_stage", 1)) if args.search_space == "nb201" else \
+        (("channels", 8), ("cells", 2)) if args.search_space == "darts" else ()
+    train = TrainConfig(steps=args.search_train_steps, lr=3e-3, chunk=args.search_chunk,
+                        supernet_kw=kw)
+    b = episodes(1, jnp.float32)
+    task = (b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0])
+    n_dev = jax.device_count()
+    key = jax.random.PRNGKey(7)
+    if n_dev > 1:
+        ev = parallel.make_sharded_evaluate_fn(space, task, key, num_classes=5, train=train)
+    else:
+        ev = make_evaluate_fn(space, task, key, num_classes=5, train=train)
+    per = args.search_candidates
+    t0 = time.perf_counter()
+    ev(np.asarray(space.sample(jax.random.PRNGKey(0), per)))
+    first = time.perf_counter() - t0
+    ts = []
+    for r in range(1, args.search_rounds):
+        zs = np.asarray(space.sample(jax.random.PRNGKey(r), per))
+        t0 = time.perf_counter()
+        ev(zs)
+        ts.append(time.perf_counter() - t0)
+    med = statistics.median(ts)
+    return {"name": f"search/{args.search_space}", "median_s": med, "min_s": min(ts),
+            "max_s": max(ts), "n": len(ts), "compile_s": first - med,
+            "evals_per_s": per / med, "compilations": ev.stats["compilations"],
+            "note": f"{per} candidates/round x {args.search_rounds} rounds, "
+                    f"{args.search_train_steps} training steps each, chunk {args.search_chunk}"
+                    f"{', sharded over %d devices' % n_dev if n_dev > 1 else ''}"}
+
+
+def fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+
+
+def table(rows) -> str:
+    cols = [("name", "bench", "s"), ("compile_s", "compile_s", ".2f"),
+            ("median_s", "median_s", ".4f"), ("spread", "min..max_s", "s"), ("n", "n", "d"),
+            ("amortized_s", "+compile/1k_s", ".4f"), ("gflop", "GFLOP", ".2f"),
+            ("gflops", "GFLOP/s", ".1f"), ("pct_peak", "%peak", ".1f"),
+            ("ratio", "torch/jax", ".2f"), ("evals_per_s", "evals/s", ".2f"),
+            ("compilations", "compiles", "d")]
+    out = []
+    for r in rows:
+        r = dict(r)
+        if "min_s" in r:
+            r["spread"] = f"{r['min_s']:.4f}..{r['max_s']:.4f}"
+        out.append([fmt(r.get(k), sp) if sp != "s" else str(r.get(k, "-")) for k, _, sp in cols]
+                   + [r.get("note", r.get("strategy", ""))])
+    head = [h for _, h, _ in cols] + ["note"]
+    widths = [max(len(h), *(len(o[i]) for o in out)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(o) for o in out])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="conv4 mb16 + DARTS MAML mb16, 2 repeats, short search")
+    ap.add_argument("--models", default="conv4,darts")
+    ap.add_argument("--algorithms", default="maml,fomaml,reptile")
+    ap.add_argument("--meta-batch", default="16,32")
+    ap.add_argument("--inner-steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-repeats", type=int, default=2)
+    ap.add_argument("--torch-meta-batch", default="16", help="'' to skip PyTorch")
+    ap.add_argument("--conv-impl", default="auto", help="conv4 convolutions: auto, matmul, xla")
+    ap.add_argument("--strategy", default="auto", help="task strategy: auto, vmap, map, unroll")
+    ap.add_argument("--darts-channels", type=int, default=8)
+    ap.add_argument("--darts-cells", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "f32", "bf16"],
+                    help="images and peak matmul; auto: bf16 on GPU/TPU, f32 on CPU")
+    ap.add_argument("--peak-n", type=int, default=0, help="peak matmul size (0: 2048 CPU, 8192 else)")
+    ap.add_argument("--search-space", default="nb201")
+    ap.add_argument("--search-rounds", type=int, default=5)
+    ap.add_argument("--search-candidates", type=int, default=16)
+    ap.add_argument("--search-train-steps", type=int, default=10)
+    ap.add_argument("--search-chunk", type=int, default=8)
+    ap.add_argument("--skip", default="", help="comma list of sections: peak,meta,torch,search")
+    ap.add_argument("--json", default=None)
+    parallel.add_distributed_flags(ap)
+    args = ap.parse_args(argv)
+    parallel.initialize(args=args)
+    if args.quick:
+        args.repeats, args.torch_repeats = min(args.repeats, 2), min(args.torch_repeats, 1)
+        args.search_rounds, args.search_candidates = min(args.search_rounds, 3), 8
+    command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + sys.argv[1:])
+    backend = jax.default_backend()
+    dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}.get(
+        args.dtype, jnp.float32 if backend == "cpu" else jnp.bfloat16)
+    skip = set(filter(None, args.skip.split(",")))
+    t_start = time.time()
+    header = [f"# command: {command}",
+              f"# machine: {cpu_name()}, {os.cpu_count()} CPUs; backend {backend}: "
+              f"{jax.device_count()} x {jax.devices()[0].device_kind}; "
+              f"jax {jax.__version__}; dtype {jnp.dtype(dtype).name}",
+              f"# load average at start: {load()}; "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"]
+    print("\n".join(header), flush=True)
+    rows = []
+    n = args.peak_n or (2048 if backend == "cpu" else 8192)
+    peak, ts = peak_flops(n, dtype, max(args.repeats, 5))
+    rows.append({"name": f"peak/matmul{n}", "median_s": statistics.median(ts), "min_s": min(ts),
+                 "max_s": max(ts), "n": len(ts), "gflop": 2 * n ** 3 / 1e9,
+                 "gflops": peak / 1e9, "pct_peak": 100.0, "note": "reference peak"})
+    print(f"# peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    settings = []
+    for model in args.models.split(","):
+        for algorithm in args.algorithms.split(","):
+            for tasks in (int(t) for t in args.meta_batch.split(",")):
+                if args.quick and (tasks != 16 or (model == "darts" and algorithm != "maml")):
+                    continue
+                settings.append((model, algorithm, tasks))
+    jax_maml = {}
+    if "meta" not in skip:
+        for model, algorithm, tasks in settings:
+            r = bench_meta(model, algorithm, tasks, args, peak, dtype)
+            rows.append(r)
+            if model == "conv4" and algorithm == "maml":
+                jax_maml[tasks] = r
+            print(f"# {r['name']}: compile {r['compile_s']:.1f}s, step {r['median_s']:.4f}s, "
+                  f"{r['pct_peak']:.1f}% peak (load {load()})", flush=True)
+    if "torch" not in skip:
+        for tasks in (int(t) for t in filter(None, args.torch_meta_batch.split(","))):
+            r = bench_torch(tasks, args, jax_maml.get(tasks))
+            rows.append(r)
+            print(f"# {r['name']}: {r.get('median_s', '-')} s (load {load()})", flush=True)
+    if "search" not in skip:
+        r = bench_search(args)
+        rows.append(r)
+        print(f"# {r['name']}: {r['evals_per_s']:.2f} evals/s (load {load()})", flush=True)
+    footer = (f"# load average at end: {load()}; total {time.time() - t_start:.0f}s; "
+              f"'+compile/1k_s' = median + compile/{AMORTIZE}; torch/jax = PyTorch median / "
+              f"JAX '+compile/1k_s'")
+    print()
+    print("\n".join(header))
+    print(table(rows))
+    print(footer, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "footer": footer, "rows": rows, "args": vars(args)}, f,
+                      indent=1, default=str)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Scale-out: device meshes, several hosts, sharded meta-steps and candidate evaluation.
+
+* :func:`initialize` joins a multi-host run (``jax.distributed.initialize``) with the
+  coordinator from arguments, command-line flags (:func:`add_distributed_flags`) or the
+  environment (``METANAS_COORDINATOR``, ``METANAS_NUM_PROCESSES``, ``METANAS_PROCESS_ID``;
+  or whatever ``jax.distributed`` detects itself, e.g. SLURM). On CPU it selects the gloo
+  collectives, without which a multi-process CPU run cannot reduce across processes.
+* :func:`make_mesh`: a 1-D mesh (axis ``"data"``) over every device of every process.
+* :func:`host_slice` / :func:`global_batch`: each host loads only its share of a
+  meta-batch; the shares are assembled into one global, task-sharded array.
+* :func:`make_sharded_meta_step`: ``meta.make_meta_step(..., mesh=mesh)``, tasks split over
+  devices inside ``shard_map`` with explicitly averaged meta-gradients.
+* :func:`make_sharded_evaluate_fn`: ``search.make_evaluate_fn`` with the candidates of a
+  round split over devices.
+* :func:`save_checkpoint` / :func:`restore_checkpoint`: Orbax, safe when every host calls
+  it (each writes its own shards, the primary host the metadata; writes are atomic).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+ENV = {"coordinator_address": "METANAS_COORDINATOR", "num_processes": "METANAS_NUM_PROCESSES",
+       "process_id": "METANAS_PROCESS_ID"}
+
+
+# -- joining hosts ------------------------------------------------------------------------------
+def add_distributed_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--coordinator HOST:PORT --num-processes N --process-id I`` (defaults: environment)."""
+    g = parser.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument("--coordinator", default=None,
+                   help=f"coordinator HOST:PORT (env {ENV['coordinator_address']})")
+    g.add_argument("--num-processes", type=int, default=None,
+                   help=f"number of processes (env {ENV['num_processes']})")
+    g.add_argument("--process-id", type=int, default=None,
+                   help=f"this process's index (env {ENV['process_id']})")
+    return parser
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, args: argparse.Namespace | None = None,
+               cpu_collectives: str = "gloo", **kw) -> tuple[int, int]:
+    """Join a multi-process run; returns ``(process_index, process_count)``.
+
+    Arguments win over ``args`` (from :func:`add_distributed_flags`), which win over the
+    environment. With nothing given anywhere this is a single-process run and nothing is
+    initialised (unless ``jax.distributed`` can detect a cluster, e.g. under SLURM, where
+    ``METANAS_AUTO_DISTRIBUTED=1`` asks it to). Must run before any computation.
+    """
+    given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+             "process_id": process_id}
+    flag_names = {"coordinator_address": "coordinator", "num_processes": "num_processes",
+                  "process_id": "process_id"}
+    for name in given:
+        if given[name] is None and args is not None:
+            given[name] = getattr(args, flag_names[name], None)
+        if given[name] is None and os.environ.get(ENV[name]):
+            given[name] = os.environ[ENV[name]]
+    for name in ("num_processes", "process_id"):
+        if given[name] is not None:
+            given[name] = int(given[name])
+    auto = os.environ.get("METANAS_AUTO_DISTRIBUTED") == "1"
+    if given["coordinator_address"] is None and not auto:
+        if given["num_processes"] not in (None, 1):
+            raise ValueError(f"initialize: {given['num_processes']} processes but no "
+                             f"coordinator address (--coordinator or {ENV['coordinator_address']})")
+        return 0, 1
+    if given["coordinator_address"] is not None:
+        for name in ("num_processes", "process_id"):
+            if given[name] is None:
+                raise ValueError(f"initialize: coordinator given but no {name} "
+                                 f"(--{flag_names[name].replace('_', '-')} or {ENV[name]})")
+        if not 0 <= given["process_id"] < given["num_processes"]:
+            raise ValueError(f"initialize: process_id {given['process_id']} not in "
+                             f"[0, {given['num_processes']})")
+    if cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None}, **kw)
+    return jax.process_index(), jax.process_count()
+
+
+# -- meshes and data ----------------------------------------------------------------------------
+def make_mesh(num_devices: int | None = None, axis: str = DATA, devices=None) -> Mesh:
+    """1-D mesh over ``devices`` (default: every device of every process, in process order,
+    so each process's devices hold a contiguous block of the sharded axis)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"make_mesh: {num_devices} devices requested, {len(devices)} exist")
+        devices = devices[:num_devices]
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def sharded(mesh: Mesh, axis: str = DATA) -> NamedSharding:
+    """Leading axis split over ``axis``."""
+    return NamedSharding(mesh, P(axis))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def host_slice(n: int, mesh: Mesh | None = None, axis: str = DATA) -> slice:
+    """This process's contiguous share of a leading axis of ``n`` items (tasks, candidates):
+    the rows whose shards live on its devices. ``n`` must divide by the mesh size."""
+    mesh = make_mesh(axis=axis) if mesh is None else mesh
+    devices = list(mesh.devices.reshape(-1))
+    if n % len(devices):
+        raise ValueError(f"host_slice: {n} items do not split over {len(devices)} devices")
+    per = n // len(devices)
+    mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+    if not mine or mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError("host_slice: this process's devices are not contiguous in the mesh")
+    return slice(mine[0] * per, (mine[-1] + 1) * per)
+
+
+def global_batch(local, mesh: Mesh, axis: str = DATA):
+    """Assemble each host's share (a pytree, e.g. ``data.TaskBatch``, of its
+    :func:`host_slice` rows) into global arrays sharded along the leading axis."""
+    sh = sharded(mesh, axis)
+    n_proc = len({d.process_index for d in mesh.devices.reshape(-1)})
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_process_local_data(sh, a, (a.shape[0] * n_proc, *a.shape[1:]))
+
+    return jax.tree_util.tree_map(one, local)
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf replicated on every device of ``mesh`` (each host passes the same values)."""
+    rep = replicated(mesh)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_process_local_data(rep, a, a.shape)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+# -- sharded programs ---------------------------------------------------------------------------
+def make_sharded_meta_step(learner, cfg, mesh: Mesh | None = None, axis: str = DATA,
+                           jit: bool = True):
+    """``meta.make_meta_step`` with the meta-batch's tasks split over ``mesh``."""
+    from metanas_jax import meta
+
+    return meta.make_meta_step(learner, cfg, jit=jit, mesh=make_mesh(axis=axis) if mesh is None
+                               else mesh, axis=axis)
+
+
+def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = None, *,
+                             num_classes: int | None = None, train=None, axis: str = DATA):
+    """``search.make_evaluate_fn`` with each round's candidates split over ``mesh``.
+
+    Every device trains ``train.chunk`` candidates per call (padded with repeats), so one
+    compiled program serves all rounds; candidates get the same initialisation keys as in
+    the single-device evaluator, so scores agree with it. ``evaluate.stats`` as there
+    (``compilations`` counts the sharded program's). Single-process meshes only: the
+    candidates and task live on this host."""
+    from metanas_jax.search import experience as ex
+
+    mesh = make_mesh(axis=axis) if mesh is None else mesh
+    train = ex.TrainConfig() if train is None else train
+    sx, sy, qx, qy = (jnp.asarray(a) for a in task)
+    num_classes = int(num_classes or int(jnp.max(sy)) + 1)
+    fn = ex._train_eval_fn(space, num_classes, train)
+    n_dev = mesh.shape[axis]
+    group = n_dev * train.chunk
+
+    def per_device(keys, zs, sx, sy, qx, qy):
+        rep = lambda a: jnp.broadcast_to(a, (zs.shape[0], *a.shape))
+        return fn(keys, zs, rep(sx), rep(sy), rep(qx), rep(qy))
+
+    # check_vma=False: every device trains its own candidates from scratch (nothing is
+    # differentiated wrt a replicated input), and the supernets start scan carries from
+    # constants, which vma typing would reject once the data is device-varying
+    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis)) + (P(),) * 4,
+                                out_specs=P(axis), check_vma=False))
+    stats: dict[str, Any] = {"evaluations": 0, "seconds": 0.0, "compilations": 0}
+
+    def evaluate(zs):
+        zs = np.asarray(zs, np.float32)
+        b = zs.shape[0]
+        keys = jnp.stack([ex._arch_key(key, space, z) for z in zs])
+        idx = np.concatenate([np.arange(b), np.zeros((-b) % group, np.int64)])
+        t0 = time.perf_counter()
+        out = [np.asarray(run(keys[j], jnp.asarray(zs[j]), sx, sy, qx, qy))
+               for j in (idx[i:i + group] for i in range(0, idx.size, group))]
+        stats["seconds"] += time.perf_counter() - t0
+        stats["evaluations"] += b
+        stats["compilations"] = ex._compilations(run)
+        return np.concatenate(out)[:b]
+
+    evaluate.stats = stats
+    return evaluate
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _flat(state) -> tuple[dict, list, Any]:
+    """Non-empty leaves by path (Orbax cannot store zero-size arrays), all leaves, treedef."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    flat = {jax.tree_util.keystr(k): v for k, v in leaves if np.size(v)}
+    return flat, [v for _, v in leaves], treedef
+
+
+def save_checkpoint(directory: str | os.PathLike, state, step: int | None = None) -> Path:
+    """Write ``state`` (a ``MetaState`` or any pytree of arrays, possibly sharded over many
+    hosts) to ``directory/step_<step>`` with Orbax. Every process must call it with the
+    same arguments: each writes the shards it holds, the primary the metadata, and the
+    checkpoint appears atomically (temporary directory, then rename) once all are done."""
+    import orbax.checkpoint as ocp
+
+    step = int(np.asarray(jax.device_get(state.step.addressable_data(0)))) if step is None \
+        else int(step)
+    path = Path(directory).absolute() / f"step_{step}"
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, _flat(state)[0])
+        ckpt.wait_until_finished()
+    return path
+
+
+def restore_checkpoint(path: str | os.PathLike, like):
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure, shapes and
+    shardings of ``like`` (e.g. a freshly initialised, replicated ``MetaState``)."""
+    import orbax.checkpoint as ocp
+
+    flat, leaves, treedef = _flat(like)
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=getattr(a, "sharding", None))
+                for k, a in flat.items()}
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(Path(path).absolute(), abstract)
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+    return jax.tree_util.tree_unflatten(
+        treedef, [restored[p] if p in restored else v for p, v in zip(paths, leaves)])
