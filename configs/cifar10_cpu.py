@@ -1,4 +1,4 @@
-"""CIFAR-10, CPU-sized (aimed at about an hour on 2 cores; see docs/README_pipeline.md for
+"""CIFAR-10, CPU-sized (aimed at about an hour on 2 cores; see README.md for
 what was measured). Meta-learning source: CIFAR-10 train images themselves split into NAS
 tasks of 64 train / 16 val; target: CIFAR-10 train (minus validation) / test.
 
