@@ -126,6 +126,15 @@ def _strategy_config(cfg) -> S.StrategyConfig:
 
 
 # -- stage 1: meta-learning -------------------------------------------------------------------
+
+def _resume(ck: StageCheckpoints, fresh: dict):
+    """``(step, state, record, start_time)`` from the stage's newest checkpoint, or a fresh
+    start with ``fresh`` as the record; ``start_time`` counts the seconds already spent, so
+    stage times add up over resumes. A finished stage's record has ``done`` set."""
+    latest = ck.latest()
+    step, state, rec = latest if latest is not None else (0, {}, fresh)
+    return step, state, rec, time.perf_counter() - float(rec.get("seconds", 0.0))
+
 def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     """NAS experience (checkpointed every ``meta.tasks_per_checkpoint`` tasks), evaluator
     meta-training, strategy ES. Returns the stage record."""
@@ -137,11 +146,9 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
     metrics = Metrics(workdir, "meta-train")
     keys = _keys(cfg)
-    latest = ck.latest()
-    if latest is not None and latest[2].get("done"):
-        return latest[2]
-    step, state, rec = latest if latest is not None else (0, {}, {"seconds": 0.0})
-    t_start = time.perf_counter() - float(rec.get("seconds", 0.0))
+    step, state, rec, t_start = _resume(ck, {"seconds": 0.0})
+    if rec.get("done"):
+        return rec
     space = prep.space
     n_tasks, per = int(cfg.data.num_tasks), int(cfg.meta.tasks_per_checkpoint)
     if per < 1 or n_tasks < 2:
@@ -259,11 +266,9 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     ck = StageCheckpoints(workdir / "ckpt" / "search")
     metrics = Metrics(workdir, "search")
     keys = _keys(cfg)
-    latest = ck.latest()
-    if latest is not None and latest[2].get("done"):
-        return latest[2]
-    step, state_leaves, rec = latest if latest is not None else (0, {}, {"results": {}, "seconds": 0.0})
-    t_start = time.perf_counter() - float(rec.get("seconds", 0.0))
+    step, state_leaves, rec, t_start = _resume(ck, {"results": {}, "seconds": 0.0})
+    if rec.get("done"):
+        return rec
     results = rec["results"]
     budget = int(cfg.search.budget)
     evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys["search_eval"],
