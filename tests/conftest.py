@@ -9,6 +9,14 @@ jax.config.update("jax_default_matmul_precision", "highest")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One persistent XLA cache for the session: tests that build the same program twice
+    (e.g. a run and its resumption) compile it once."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 @pytest.fixture
 def shared_data():
     """``../shared/data`` next to the project root; skip the test when it is absent."""

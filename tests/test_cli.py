@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY = ["--no-progress", "--config.data.num_tasks=4", "--config.meta.archs_per_task=4",
+TINY = ["--no-progress", "--config.space.layers=2", "--config.space.widths=4,8",
+        "--config.space.stem_width=4", "--config.data.num_tasks=4", "--config.meta.archs_per_task=4",
         "--config.meta.tasks_per_checkpoint=2", "--config.meta.train_steps=4",
         "--config.meta.evaluator_steps=20", "--config.search.budget=8",
         "--config.search.methods=meta,random", "--config.train.epochs=3",

@@ -66,7 +66,7 @@ def test_soft_weights_have_architecture_gradients(case):
     def loss(z):
         return jnp.mean(sup.apply(variables, X, space.relax(z, 0.5), train=True) ** 2)
 
-    g = jax.grad(loss)(z)
+    g = jax.jit(jax.grad(loss))(z)  # jitted: op-by-op it took ~20 s per space
     assert np.all(np.isfinite(g)) and np.any(g != 0)
 
 

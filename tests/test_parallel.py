@@ -179,9 +179,10 @@ def worker_eight(ckpt_dir):
 
     print("eval", f"{time.time() - t0:.1f}s", flush=True)
     # candidate evaluation: sharded == single device, one compilation for all rounds
-    space = spaces.get("nb201")
-    tcfg = TrainConfig(steps=1, lr=1e-2, chunk=1,
-                       supernet_kw=(("channels", 4), ("cells_per_stage", 1)))
+    # (a small macro32 space: the nb201 supernet took ~100 s of compilation here)
+    space = spaces.get("macro32", layers=2, ops=("conv3x3", "identity"), widths=(4, 8),
+                       stem_width=4)
+    tcfg = TrainConfig(steps=1, lr=1e-2, chunk=1)
     k = jax.random.PRNGKey(3)
     task = (jax.random.normal(k, (6, 8, 8, 1)), jnp.arange(6, dtype=jnp.int32) % 3,
             jax.random.normal(jax.random.fold_in(k, 1), (6, 8, 8, 1)),
