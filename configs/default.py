@@ -32,7 +32,7 @@ def get_config(arg=None):
     c.data.target_val = 100           # target validation images for search (0: all)
 
     c.meta = ml_collections.ConfigDict()
-    c.meta.method = "evaluator"       # "evaluator": NAS experience + evaluator + strategy ES
+    c.meta.method = "evaluator"       # "evaluator": NAS experience + evaluator + strategy ES; or "metanas"
     c.meta.archs_per_task = 6         # architectures trained per NAS task (experience)
     c.meta.train_steps = 8            # full-batch Adam steps per candidate (experience and search)
     c.meta.lr = 3e-3
@@ -43,6 +43,15 @@ def get_config(arg=None):
     c.meta.hidden = (64, 64)
     c.meta.es_iterations = 1
     c.meta.es_population = 2
+    # meta.method = "metanas": meta-weights + meta-architecture of the space's supernet,
+    # learned across the NAS tasks (search method "metanas": adapt, project, neighbours)
+    c.meta.metanas = ml_collections.ConfigDict(dict(
+        algorithm="fomaml",           # "maml" | "fomaml" | "reptile"
+        steps=60, meta_batch=4, checkpoint_every=20,
+        inner_steps=2, inner_lr=0.1, arch_inner_lr=0.3,
+        meta_lr=1e-3, arch_meta_lr=3e-2,
+        adapt_steps=5,                # inner steps on the target before projecting
+        explore=0.25))                # std of the encoding perturbations around the centre
 
     c.search = ml_collections.ConfigDict()
     c.search.methods = ("meta", "random", "evolution")  # first one gives the final architecture
@@ -68,7 +77,7 @@ def get_config(arg=None):
     c.runtime = ml_collections.ConfigDict()  # never affects results
     c.runtime.progress = True
     c.runtime.checkpoint_every_epochs = 1
-    c.runtime.tensorboard = False
+    c.runtime.tensorboard = "auto"      # TensorBoard scalars when tensorboardX is installed; "on"/"off"
     c.runtime.compile_cache = "~/.cache/metanas_jax/xla"  # persistent XLA cache; "" = off
 
     c.report = ml_collections.ConfigDict()

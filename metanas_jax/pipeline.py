@@ -33,7 +33,10 @@ from metanas_jax.checkpoint import StageCheckpoints
 from metanas_jax.config import check_workdir
 
 STAGES = ("meta-train", "search", "train")
-METHODS = ("meta", "random", "evolution", "scratch")
+META_METHODS = ("evaluator", "metanas")
+METHODS = ("meta", "metanas", "random", "evolution", "scratch")
+# search methods that need a particular meta-learner (the rest need none)
+METHOD_NEEDS = {"meta": "evaluator", "metanas": "metanas"}
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -43,15 +46,41 @@ def _bar(cfg, **kw):
 
 
 class Metrics:
-    """Append-only JSONL per stage (``workdir/metrics/<stage>.jsonl``)."""
+    """Append-only JSONL per stage (``workdir/metrics/<stage>.jsonl``), mirrored as
+    TensorBoard scalars under ``workdir/tensorboard/<stage>`` when ``tensorboard`` is
+    ``"on"``, or ``"auto"`` and tensorboardX is installed (``runtime.tensorboard``)."""
 
-    def __init__(self, workdir: Path, stage: str):
+    STEP_KEYS = ("step", "epoch", "evaluations", "tasks")
+
+    def __init__(self, workdir: Path, stage: str, tensorboard: str = "off"):
         self.path = workdir / "metrics" / f"{stage}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage, self.writer, self._count = stage, None, 0
+        if tensorboard not in ("auto", "on", "off"):
+            raise ValueError(f"runtime.tensorboard must be 'auto', 'on' or 'off', got {tensorboard!r}")
+        if tensorboard != "off":
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                if tensorboard == "on":
+                    raise ValueError("runtime.tensorboard='on' needs tensorboardX: "
+                                     "pip install 'metanas-jax[tensorboard]'") from e
+            else:
+                self.writer = SummaryWriter(str(workdir / "tensorboard" / stage))
 
     def log(self, **row):
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": time.time(), **row}) + "\n")
+        if self.writer is None:
+            return
+        self._count += 1
+        step = next((int(row[k]) for k in self.STEP_KEYS if isinstance(row.get(k), (int, float))),
+                    self._count)
+        prefix = "/".join([self.stage] + [str(row[k]) for k in ("method", "phase") if k in row])
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in self.STEP_KEYS:
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+        self.writer.flush()
 
 
 def _write_json(path: Path, obj):
@@ -135,16 +164,25 @@ def _resume(ck: StageCheckpoints, fresh: dict):
     step, state, rec = latest if latest is not None else (0, {}, fresh)
     return step, state, rec, time.perf_counter() - float(rec.get("seconds", 0.0))
 
+def _nas_tasks(cfg, keys) -> data.TaskBatch:
+    """The ``data.num_tasks`` NAS tasks (``n_train`` / ``n_val`` images) of the source."""
+    src = data.load(cfg.data.source, split="train", image_size=int(cfg.data.image_size) or None)
+    pool = data.ClassPool.from_dataset(src, per_class="min")
+    return data.sample_nas_tasks(keys["tasks"], pool, int(cfg.data.n_classes), int(cfg.data.n_train),
+                                 int(cfg.data.n_val), int(cfg.data.num_tasks))
+
+
 def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
-    """NAS experience (checkpointed every ``meta.tasks_per_checkpoint`` tasks), evaluator
-    meta-training, strategy ES. Returns the stage record."""
-    if cfg.meta.method != "evaluator":
-        raise ValueError(f"meta.method: the pipeline runs 'evaluator' (experience + evaluator + "
-                         f"strategy); got {cfg.meta.method!r}. For gradient-based MetaNAS use "
-                         f"benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py")
+    """Stage 1 for ``meta.method``: ``"evaluator"`` (NAS experience, evaluator
+    meta-training, strategy ES) or ``"metanas"`` (meta-weights + meta-architecture of the
+    space's supernet, MAML family). Returns the stage record."""
+    if cfg.meta.method not in META_METHODS:
+        raise ValueError(f"meta.method: unknown {cfg.meta.method!r}; known: {list(META_METHODS)}")
     prep = prep or prepare(cfg)
+    if cfg.meta.method == "metanas":
+        return _meta_train_metanas(cfg, workdir, prep)
     ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
-    metrics = Metrics(workdir, "meta-train")
+    metrics = Metrics(workdir, "meta-train", cfg.runtime.tensorboard)
     keys = _keys(cfg)
     step, state, rec, t_start = _resume(ck, {"seconds": 0.0})
     if rec.get("done"):
@@ -154,10 +192,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     if per < 1 or n_tasks < 2:
         raise ValueError("meta.tasks_per_checkpoint must be >= 1 and data.num_tasks >= 2")
     n_chunks = -(-n_tasks // per)
-    src = data.load(cfg.data.source, split="train", image_size=int(cfg.data.image_size) or None)
-    pool = data.ClassPool.from_dataset(src, per_class="min")
-    tasks = data.sample_nas_tasks(keys["tasks"], pool, int(cfg.data.n_classes), int(cfg.data.n_train),
-                                  int(cfg.data.n_val), n_tasks)
+    tasks = _nas_tasks(cfg, keys)
     zs = list(state.get("zs", [])) if step <= n_chunks else None
     scores = list(state.get("scores", [])) if step <= n_chunks else None
     tcfg = _train_config(cfg)
@@ -230,10 +265,102 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     return record
 
 
+# -- stage 1, gradient-based: MetaNAS ----------------------------------------------------------
+def _metanas(cfg, prep: Prepared):
+    """The MetaNAS learner (the space's soft supernet; head sized for the NAS tasks and the
+    target) and its inner/outer-loop settings from ``meta.metanas``."""
+    from metanas_jax import meta as M
+
+    g = cfg.meta.metanas
+    # macro32 genes live in [0, 1]: start the meta-architecture in the middle of the cube
+    learner = M.supernet_learner(prep.space, max(prep.num_classes, int(cfg.data.n_classes)),
+                                 arch_init_scale=0.05, arch_init_center=0.5)
+    try:
+        mcfg = M.MetaConfig(algorithm=str(g.algorithm), inner_steps=int(g.inner_steps),
+                            eval_inner_steps=int(g.adapt_steps), inner_lr=float(g.inner_lr),
+                            arch_update="alternating", arch_inner_lr=float(g.arch_inner_lr),
+                            meta_lr=float(g.meta_lr), arch_meta_lr=float(g.arch_meta_lr))
+    except ValueError as e:
+        raise ValueError(f"meta.metanas: {e}") from e
+    return learner, mcfg
+
+
+def _metanas_state(learner, mcfg, prep: Prepared, leaves):
+    """The meta-state whose leaves were checkpointed (structure from a fresh init)."""
+    from metanas_jax import meta as M
+    fresh = M.init_state(learner, mcfg, jax.random.key(0), jnp.asarray(prep.search_task[0][:2]))
+    return jax.tree.unflatten(jax.tree.structure(fresh), [jnp.asarray(x) for x in leaves])
+
+
+def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
+    """``meta.metanas.steps`` meta-steps over the NAS tasks (``meta_batch`` tasks each,
+    support = a task's train images, query = its validation images), checkpointed every
+    ``checkpoint_every`` steps; which tasks a step uses is a pure function of the seed and
+    the step, so a resumed run repeats an uninterrupted one."""
+    from metanas_jax import meta as M
+
+    g = cfg.meta.metanas
+    total, every = int(g.steps), int(g.checkpoint_every)
+    n_tasks, mb = int(cfg.data.num_tasks), int(g.meta_batch)
+    if total < 1 or every < 1 or not 1 <= mb <= n_tasks:
+        raise ValueError(f"meta.metanas: need steps >= 1, checkpoint_every >= 1 and "
+                         f"1 <= meta_batch <= data.num_tasks ({n_tasks}); got steps={total}, "
+                         f"checkpoint_every={every}, meta_batch={mb}")
+    ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
+    metrics = Metrics(workdir, "meta-train", cfg.runtime.tensorboard)
+    keys = _keys(cfg)
+    step, st, rec, t_start = _resume(ck, {"seconds": 0.0, "history": []})
+    if rec.get("done"):
+        return rec
+    learner, mcfg = _metanas(cfg, prep)
+    tasks = _nas_tasks(cfg, keys)
+    if step:
+        state = _metanas_state(learner, mcfg, prep, st["leaves"])
+    else:
+        state = M.init_state(learner, mcfg, keys["evaluator"], jnp.asarray(tasks.support_x[0]))
+    meta_step = M.make_meta_step(learner, mcfg)
+    history = list(rec.get("history", []))
+    with _bar(cfg, total=total, initial=step, desc="meta-train: MetaNAS", unit="step") as bar:
+        while step < total:
+            idx = jax.random.choice(jax.random.fold_in(keys["experience"], step), n_tasks, (mb,),
+                                    replace=False)
+            state, m = meta_step(state, data.TaskBatch(*(a[idx] for a in tasks)))
+            step += 1
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            history.append([m["loss"], m["accuracy"]])
+            metrics.log(phase="metanas", step=step, loss=m["loss"], accuracy=m["accuracy"],
+                        support_loss_before=m["support_loss_before"],
+                        support_loss_last=m["support_loss_last"])
+            bar.update(1)
+            bar.set_postfix(query_acc=f"{m['accuracy']:.3f}")
+            if step % every == 0 and step < total:
+                ck.save(step, {"leaves": list(jax.tree.leaves(state))},
+                        {"phase": "metanas", "history": history, "seconds": time.perf_counter() - t_start})
+    record = {"phase": "metanas", "done": True, "history": history, "seconds": time.perf_counter() - t_start,
+              "meta_arch": str(prep.space.decode(np.asarray(prep.space.project(state.arch))))}
+    ck.save(total + 1, {"leaves": list(jax.tree.leaves(state))}, record)
+    return record
+
+
+def _metanas_center(cfg, prep: Prepared, meta_state) -> jax.Array:
+    """The meta-architecture adapted to the target: ``meta.metanas.adapt_steps`` inner
+    steps (weights and architecture) on the search split's training images."""
+    from metanas_jax import meta as M
+
+    learner, mcfg = _metanas(cfg, prep)
+    state = _metanas_state(learner, mcfg, prep, meta_state["leaves"])
+    sx, sy = (jnp.asarray(a) for a in prep.search_task[:2])
+    adapt = jax.jit(lambda p, z: M.adapt(learner, mcfg, p, z, sx, sy, steps=mcfg.eval_inner_steps)[1])
+    return adapt(state.params, state.arch)
+
+
 # -- stage 2: search --------------------------------------------------------------------------
 def _make_searcher(cfg, name, prep, meta_state):
     space, b, cap = prep.space, int(cfg.search.batch_size), int(cfg.search.budget)
     cap = max(cap, b)
+    if name == "metanas":
+        return S.NeighbourhoodSearch(space, center=_metanas_center(cfg, prep, meta_state),
+                                     scale=float(cfg.meta.metanas.explore), batch_size=b, capacity=cap)
     if name == "meta":
         ev = _evaluator(cfg, prep)
         task = (prep.search_task[0][:64], prep.search_task[1][:64])
@@ -261,10 +388,13 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"search.methods: unknown method {m!r}; known: {list(METHODS)}")
+        if METHOD_NEEDS.get(m, cfg.meta.method) != cfg.meta.method:
+            raise ValueError(f"search.methods: {m!r} needs meta.method={METHOD_NEEDS[m]!r}, "
+                             f"the config has meta.method={cfg.meta.method!r}")
     _, meta_state, _ = _require(workdir, "meta-train", "search")
     prep = prep or prepare(cfg)
     ck = StageCheckpoints(workdir / "ckpt" / "search")
-    metrics = Metrics(workdir, "search")
+    metrics = Metrics(workdir, "search", cfg.runtime.tensorboard)
     keys = _keys(cfg)
     step, state_leaves, rec, t_start = _resume(ck, {"results": {}, "seconds": 0.0})
     if rec.get("done"):
@@ -345,7 +475,7 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     primary = srec["primary"]
     arch = prep.space.make_arch(srec["results"][primary]["best_choices"])
     ck = StageCheckpoints(workdir / "ckpt" / "train")
-    metrics = Metrics(workdir, "train")
+    metrics = Metrics(workdir, "train", cfg.runtime.tensorboard)
     latest = ck.latest()
     if latest is not None and latest[2].get("done"):
         return latest[2]

@@ -27,6 +27,7 @@ class Learner:
     space: Any = None
     vmap_friendly: bool = True  # whether vmap over tasks is fast on CPU (see tasks_map)
     arch_init_scale: float = 1e-3
+    arch_init_center: float = 0.0  # DARTS alphas start at 0; macro32 genes live in [0, 1]
 
     @property
     def searches(self) -> bool:
@@ -38,9 +39,13 @@ class Learner:
         k_w, k_z = jax.random.split(key)
         if not self.searches:
             return self.module.init(k_w, x)["params"], jnp.zeros((0,), jnp.float32)
-        z = self.arch_init_scale * jax.random.normal(k_z, (self.space.dim,), jnp.float32)
-        variables = self.module.init(k_w, x, self.space.relax(z, 1.0), train=True)
-        return variables["params"], z
+        z = self.arch_init_center + self.arch_init_scale * jax.random.normal(
+            k_z, (self.space.dim,), jnp.float32)
+        from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
+
+        # nn.init: shapes by tracing, values in one draw (jitting a supernet's init took
+        # longer than its meta-step's compilation)
+        return mnn.init(self.module, k_w, x, self.space.relax(z, 1.0))["params"], z
 
     def weights(self, z, temperature=1.0):
         """``space.relax(z, temperature)``; a traced temperature (annealed inside a scan)
@@ -67,7 +72,8 @@ def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool"
     return Learner(module, None, vmap_friendly=resolve_impl(conv_impl) == "matmul")
 
 
-def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3, **kw) -> Learner:
+def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
+                     arch_init_center: float = 0.0, **kw) -> Learner:
     """A searchable learner: ``nn.supernet(space, num_classes, **kw)`` plus its space.
 
     The supernet's convolutions are ``lax.conv`` (flax ``nn.Conv``), so on CPU the
@@ -77,4 +83,4 @@ def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3, **k
     if not hasattr(mnn, "supernet"):
         raise ValueError("metanas_jax.nn.supernet is not available in this installation")
     return Learner(mnn.supernet(space, num_classes, **kw), space, vmap_friendly=False,
-                   arch_init_scale=arch_init_scale)
+                   arch_init_scale=arch_init_scale, arch_init_center=arch_init_center)

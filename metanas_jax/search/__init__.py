@@ -7,12 +7,13 @@
 * :mod:`~metanas_jax.search.strategy`: gradient ascent with exploration; ES meta-training.
 * :mod:`~metanas_jax.search.meta_searcher`: ``MetaSearcher`` (the method) and
   ``scratch_searcher`` (no meta-training).
-* :mod:`~metanas_jax.search.baselines`: ``RandomSearch``, ``RegularizedEvolution``.
+* :mod:`~metanas_jax.search.baselines`: ``RandomSearch``, ``RegularizedEvolution``,
+  ``NeighbourhoodSearch`` (around a given encoding: MetaNAS's adapted architecture).
 * :mod:`~metanas_jax.search.tabular`: table benchmarks, ``load_nb201``.
 * :mod:`~metanas_jax.search.experience`: NAS experience (scored architectures per task),
   collected by batched short training and stored as ``.npz``.
 """
-from metanas_jax.search.baselines import RandomSearch, RegularizedEvolution
+from metanas_jax.search.baselines import NeighbourhoodSearch, RandomSearch, RegularizedEvolution
 from metanas_jax.search.evaluator import (Evaluator, EvaluatorConfig, ImageSetEncoder, MetaTasks,
                                           kendall_tau, tau_before_after)
 from metanas_jax.search.experience import (Experience, TrainConfig, collect_experience,
@@ -29,7 +30,7 @@ from metanas_jax.search.tabular import TabularBenchmark, load_nb201, nb201_path
 __all__ = [
     "Searcher", "History", "BasicState", "run_search", "scan_search", "propose_unique",
     "history_init", "history_add", "best", "best_so_far", "seen", "space_size", "arch_index",
-    "index_to_z", "RandomSearch", "RegularizedEvolution", "Evaluator", "EvaluatorConfig",
+    "index_to_z", "RandomSearch", "RegularizedEvolution", "NeighbourhoodSearch", "Evaluator", "EvaluatorConfig",
     "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "StrategyConfig",
     "StrategyParams", "propose", "meta_train_strategy", "pool_lookup", "MetaSearcher",
     "MetaSearchState", "scratch_searcher", "TabularBenchmark", "load_nb201", "nb201_path",

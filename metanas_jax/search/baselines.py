@@ -89,3 +89,44 @@ class RegularizedEvolution:
 
     def tell(self, state, zs, scores):
         return basic_tell(state, zs, scores)
+
+
+@flax.struct.dataclass
+class NeighbourhoodSearch:
+    """Architectures near a given encoding: its projection first, then the projections of
+    Gaussian perturbations of it, nearest first, never one evaluated before.
+
+    This is how the gradient-based (MetaNAS) branch searches a new task: the
+    meta-architecture, adapted to the task by a few inner steps, is ``center``; its
+    discrete projection is what MetaNAS would return, and the rest of the budget looks at
+    its neighbours instead of the whole space.
+    """
+
+    space: SearchSpace = flax.struct.field(pytree_node=False)
+    center: jax.Array = None
+    scale: float = flax.struct.field(pytree_node=False, default=0.25)
+    batch_size: int = flax.struct.field(pytree_node=False, default=10)
+    capacity: int = flax.struct.field(pytree_node=False, default=200)
+    pool: int = flax.struct.field(pytree_node=False, default=64)
+
+    def __post_init__(self):
+        _check(self.space, self.batch_size, self.capacity)
+        if self.center is None or jnp.shape(self.center) != (self.space.dim,):
+            raise ValueError(f"NeighbourhoodSearch: center must have shape ({self.space.dim},), "
+                             f"got {None if self.center is None else jnp.shape(self.center)}")
+        if not self.scale > 0:
+            raise ValueError(f"NeighbourhoodSearch: scale must be > 0, got {self.scale}")
+
+    def init(self, key) -> BasicState:
+        return basic_init(self, key)
+
+    def ask(self, state: BasicState):
+        key, k_noise, k_prop = jax.random.split(state.key, 3)
+        noise = self.scale * jax.random.normal(k_noise, (self.pool, self.space.dim))
+        noise = noise.at[0].set(0.0)  # the centre itself comes first
+        zs = propose_unique(self.space, k_prop, self.center + noise,
+                            -jnp.sum(noise ** 2, axis=-1), state.history, self.batch_size)
+        return state.replace(key=key), zs
+
+    def tell(self, state, zs, scores):
+        return basic_tell(state, zs, scores)
