@@ -6,18 +6,15 @@ tasks of 64 train / 16 val; target: CIFAR-10 train (minus validation) / test.
     metanas run --config configs/cifar10_cpu.py:/path/to/cifar10-jpg.tar   # other data path
 """
 
+from pathlib import Path
+
+from metanas_jax.config import load_config
 
 DEFAULT_DATA = "../shared/data/cifar10/cifar10-jpg.tar"
 
 
 def get_config(arg=None):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("metanas_default_cfg", Path(__file__).with_name("default.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(str(Path(__file__).with_name("default.py")))
     c.name = "cifar10_cpu"
     path = arg or DEFAULT_DATA
     c.data.source = f"folder:{path}"

@@ -7,16 +7,12 @@ real evaluations, train the found architecture for 300 epochs.
     metanas run --config 'configs/cifar10_reference.py:tfds:imagenet_resized/32x32'
 """
 
+from pathlib import Path
 
+from metanas_jax.config import load_config
 
 def get_config(arg=None):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("metanas_default_cfg", Path(__file__).with_name("default.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(str(Path(__file__).with_name("default.py")))
     c.name = "cifar10_reference"
     c.data.source = arg or "tfds:cifar100"
     c.data.target = "tfds:cifar10"

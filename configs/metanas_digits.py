@@ -6,15 +6,13 @@ baselines under the same budget; final training as in the default.
 
     metanas run --config configs/metanas_digits.py
 """
-import importlib.util
 from pathlib import Path
+
+from metanas_jax.config import load_config
 
 
 def get_config(arg=None):
-    spec = importlib.util.spec_from_file_location("metanas_default_cfg", Path(__file__).with_name("default.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(str(Path(__file__).with_name("default.py")))
     c.name = "metanas_digits"
     c.meta.method = "metanas"
     c.search.methods = ("metanas", "random", "evolution")
