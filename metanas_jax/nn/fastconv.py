@@ -72,7 +72,12 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
             x, w.astype(x.dtype), (stride, stride), padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     p = patches(x, (kh, kw), stride, padding)
-    return jnp.einsum("nhwk,ko->nhwo", p, w.reshape(kh * kw * c, o).astype(x.dtype))
+    n, ho, wo, k = p.shape
+    # a 2-D matmul, not an einsum over (n, h, w): then the weight gradient ``p^T g`` is a
+    # 2-D dot too, and XLA:CPU no longer transposes the whole output gradient for it
+    # (that copy was the largest single op of the conv4 MAML step, see benchmarks/README.md)
+    y = p.reshape(n * ho * wo, k) @ w.reshape(k, o).astype(x.dtype)
+    return y.reshape(n, ho, wo, o)
 
 
 class Conv(nn.Module):
