@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metanas_jax import data, spaces
+from metanas_jax import meta as M
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.checkpoint import StageCheckpoints
@@ -269,8 +270,6 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
 def _metanas(cfg, prep: Prepared):
     """The MetaNAS learner (the space's soft supernet; head sized for the NAS tasks and the
     target) and its inner/outer-loop settings from ``meta.metanas``."""
-    from metanas_jax import meta as M
-
     g = cfg.meta.metanas
     # macro32 genes live in [0, 1]: start the meta-architecture in the middle of the cube
     learner = M.supernet_learner(prep.space, max(prep.num_classes, int(cfg.data.n_classes)),
@@ -287,7 +286,6 @@ def _metanas(cfg, prep: Prepared):
 
 def _metanas_state(learner, mcfg, prep: Prepared, leaves):
     """The meta-state whose leaves were checkpointed (structure from a fresh init)."""
-    from metanas_jax import meta as M
     fresh = M.init_state(learner, mcfg, jax.random.key(0), jnp.asarray(prep.search_task[0][:2]))
     return jax.tree.unflatten(jax.tree.structure(fresh), [jnp.asarray(x) for x in leaves])
 
@@ -297,8 +295,6 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     support = a task's train images, query = its validation images), checkpointed every
     ``checkpoint_every`` steps; which tasks a step uses is a pure function of the seed and
     the step, so a resumed run repeats an uninterrupted one."""
-    from metanas_jax import meta as M
-
     g = cfg.meta.metanas
     total, every = int(g.steps), int(g.checkpoint_every)
     n_tasks, mb = int(cfg.data.num_tasks), int(g.meta_batch)
@@ -345,8 +341,6 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
 def _metanas_center(cfg, prep: Prepared, meta_state) -> jax.Array:
     """The meta-architecture adapted to the target: ``meta.metanas.adapt_steps`` inner
     steps (weights and architecture) on the search split's training images."""
-    from metanas_jax import meta as M
-
     learner, mcfg = _metanas(cfg, prep)
     state = _metanas_state(learner, mcfg, prep, meta_state["leaves"])
     sx, sy = (jnp.asarray(a) for a in prep.search_task[:2])
