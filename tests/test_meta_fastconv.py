@@ -30,6 +30,29 @@ def test_matmul_equals_xla_value_and_grads(stride, padding, size):
     np.testing.assert_allclose(hv("matmul"), hv("xla"), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dilation,depthwise,stride", [(2, False, 1), (1, True, 2), (2, True, 1)])
+def test_dilated_and_depthwise_match_xla(dilation, depthwise, stride):
+    """What the supernets' dil_conv / sep_conv ops need, values and both gradients."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(4))
+    c = 3
+    x = jax.random.normal(kx, (2, 7, 7, c))
+    w = jax.random.normal(kw, (3, 3, 1 if depthwise else c, c if depthwise else 5))
+    groups = c if depthwise else 1
+
+    def f(impl):
+        return lambda w, x: jnp.sum(jnp.tanh(conv2d(x, w, stride, "SAME", impl, dilation, groups)) ** 2)
+
+    np.testing.assert_allclose(conv2d(x, w, stride, "SAME", "matmul", dilation, groups),
+                               conv2d(x, w, stride, "SAME", "xla", dilation, groups), rtol=1e-4, atol=1e-4)
+    ga = jax.jit(jax.grad(f("matmul"), argnums=(0, 1)))(w, x)
+    gb = jax.jit(jax.grad(f("xla"), argnums=(0, 1)))(w, x)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    if depthwise:
+        with pytest.raises(ValueError, match="depthwise"):
+            conv2d(jnp.zeros((1, 5, 5, 4)), jnp.zeros((3, 3, 2, 4)), impl="matmul", groups=2)
+
+
 def test_vmap_over_per_task_weights_matches_loop():
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 5, 5, 2))
     w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 2, 4))

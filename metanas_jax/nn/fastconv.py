@@ -42,14 +42,16 @@ def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
-def patches(x: jax.Array, kernel: tuple[int, int], stride: int = 1, padding: str = "SAME"):
+def patches(x: jax.Array, kernel: tuple[int, int], stride: int = 1, padding: str = "SAME",
+            dilation: int = 1):
     """im2col: ``(N, H, W, C) -> (N, Ho, Wo, kh * kw * C)``, (kh, kw, C) order like HWIO."""
     kh, kw = kernel
     _, h, w, _ = x.shape
-    lo_h, hi_h, ho = _pads(h, kh, stride, padding)
-    lo_w, hi_w, wo = _pads(w, kw, stride, padding)
+    lo_h, hi_h, ho = _pads(h, dilation * (kh - 1) + 1, stride, padding)
+    lo_w, hi_w, wo = _pads(w, dilation * (kw - 1) + 1, stride, padding)
     xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
-    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+    cols = [xp[:, i * dilation:i * dilation + stride * (ho - 1) + 1:stride,
+               j * dilation:j * dilation + stride * (wo - 1) + 1:stride, :]
             for i in range(kh) for j in range(kw)]
     if len(cols) == 1:
         return cols[0]
@@ -57,22 +59,31 @@ def patches(x: jax.Array, kernel: tuple[int, int], stride: int = 1, padding: str
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
-           impl: str = "auto") -> jax.Array:
-    """NHWC input, HWIO kernel, no bias, no dilation, no groups."""
+           impl: str = "auto", dilation: int = 1, groups: int = 1) -> jax.Array:
+    """NHWC input, HWIO kernel ``(kh, kw, C / groups, O)``, no bias. ``groups`` is 1 or
+    ``C`` (depthwise, ``O == C``) for the matmul implementation."""
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"conv2d wants x (N,H,W,C) and w (kh,kw,C,O); got {x.shape}, {w.shape}")
-    if x.shape[-1] != w.shape[2]:
-        raise ValueError(f"conv2d: input has {x.shape[-1]} channels, kernel expects {w.shape[2]}")
-    if stride < 1:
-        raise ValueError(f"conv2d: stride must be >= 1, got {stride}")
+    if groups < 1 or x.shape[-1] % groups or x.shape[-1] // groups != w.shape[2]:
+        raise ValueError(f"conv2d: input has {x.shape[-1]} channels in {groups} groups, kernel "
+                         f"expects {w.shape[2]} per group")
+    if stride < 1 or dilation < 1:
+        raise ValueError(f"conv2d: stride and dilation must be >= 1, got {stride}, {dilation}")
     impl = resolve_impl(impl)
     kh, kw, c, o = w.shape
     if impl == "xla":
         return jax.lax.conv_general_dilated(
-            x, w.astype(x.dtype), (stride, stride), padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    p = patches(x, (kh, kw), stride, padding)
+            x, w.astype(x.dtype), (stride, stride), padding, rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    p = patches(x, (kh, kw), stride, padding, dilation)
     n, ho, wo, k = p.shape
+    if groups > 1:
+        if groups != x.shape[-1] or o != groups:
+            raise ValueError(f"conv2d impl 'matmul': only plain (groups=1) or depthwise "
+                             f"(groups = channels = features) convolutions, got groups={groups}, "
+                             f"{x.shape[-1]} channels, {o} features")
+        taps = p.reshape(n, ho, wo, kh * kw, groups)
+        return jnp.einsum("nhwtc,tc->nhwc", taps, w.reshape(kh * kw, o).astype(x.dtype))
     # a 2-D matmul, not an einsum over (n, h, w): then the weight gradient ``p^T g`` is a
     # 2-D dot too, and XLA:CPU no longer transposes the whole output gradient for it
     # (that copy was the largest single op of the conv4 MAML step, see benchmarks/README.md)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from metanas_jax.nn.fastconv import conv2d
 from metanas_jax.nn.macro import MacroSupernet, level_shapes
 from metanas_jax.nn.ops import EPS
 from metanas_jax.spaces.macro32 import Macro32
@@ -39,9 +40,16 @@ _SEP = {"sep_conv3x3": 3, "sep_conv5x5": 5}
 
 
 def _conv(x, k, dilation=1, groups=1):
-    return jax.lax.conv_general_dilated(
-        x, k.astype(x.dtype), (1, 1), "SAME", rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return _conv_remat(x, k, dilation, groups)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _conv_remat(x, k, dilation, groups):
+    """fastconv: im2col matmuls on CPU, whose gradients stay fast inside the layer scan and
+    ``lax.map`` over candidates (``lax.conv``'s weight gradient there dominated the step).
+    Rematerialised: the backward pass recomputes the patches from ``x`` instead of the scan
+    saving them for every layer and every branch of the switch (9-25x the activations)."""
+    return conv2d(x, k.astype(x.dtype), 1, "SAME", "auto", dilation, groups)
 
 
 def _norm(x, p, valid, count):
