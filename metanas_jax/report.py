@@ -130,7 +130,14 @@ def write_report(workdir) -> Path:
     lines = [f"# metanas report: {cfg.get('name', workdir.name)}", ""]
     rows = [("stage", "seconds", "notes")]
     m = recs["meta-train"]
-    if m:
+    if m and m.get("phase") == "metanas":  # gradient-based branch: query loss/acc per meta-step
+        h = np.asarray(m["history"], np.float64).reshape(-1, 2)
+        k = max(1, min(10, len(h) // 2))
+        rows.append(("meta-train", f"{m['seconds']:.1f}",
+                     f"MetaNAS, {len(h)} meta-steps: query accuracy after adaptation "
+                     f"{h[:k, 1].mean():.3f} (first {k}) -> {h[-k:, 1].mean():.3f} (last {k}); "
+                     f"meta-architecture `{_cell(m.get('meta_arch', ''))}`"))
+    elif m:
         rows.append(("meta-train", f"{m['seconds']:.1f}",
                      f"experience mean acc {m.get('experience_mean_acc', float('nan')):.3f}; strategy "
                      + ", ".join(f"{k} {v:.3g}" for k, v in m.get("strategy", {}).items())))

@@ -54,6 +54,8 @@ def test_metanas_run_end_to_end(run):
     assert out["train"]["arch"] == r["best_arch"]
     assert 0.0 <= out["train"]["test_acc"] <= 1.0
     assert len(out["meta-train"]["history"]) == 4
+    from metanas_jax.report import write_report
+    assert "MetaNAS, 4 meta-steps" in write_report(wd).read_text()
 
 
 def test_metanas_meta_train_resumes_exactly(run, tmp_path):
