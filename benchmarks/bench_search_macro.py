@@ -55,7 +55,9 @@ def main(argv=None):
     ap.add_argument("--archs", type=int, default=32, help="architectures per experience task")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--chunk", type=int, default=40)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="(task, architecture) pairs per compiled call (default: --batch, so a "
+                         "round has no padding pairs)")
     ap.add_argument("--meta-steps", type=int, default=500)
     ap.add_argument("--es-iterations", type=int, default=4)
     ap.add_argument("--budget", type=int, default=200)
@@ -71,8 +73,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks, args.archs, args.train_steps, args.meta_steps = 8, 8, 10, 100
-        args.es_iterations, args.budget, args.batch, args.chunk = 1, 40, 10, 16
+        args.es_iterations, args.budget, args.batch = 1, 40, 10
         args.target_train, args.target_val = 200, 100
+    args.chunk = args.chunk or args.batch
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_search_macro.py", *sys.argv[1:]])
     print(f"devices: {jax.devices()}", flush=True)
     widths = tuple(int(w) for w in args.widths.split(","))

@@ -162,7 +162,7 @@ def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = No
                              num_classes: int | None = None, train=None, axis: str = DATA):
     """``search.make_evaluate_fn`` with each round's candidates split over ``mesh``.
 
-    Every device trains ``train.chunk`` candidates per call (padded with repeats), so one
+    Every device trains ``train.chunk`` candidates per call (padded, padding skipped on CPU), so one
     compiled program serves all rounds; candidates get the same initialisation keys as in
     the single-device evaluator, so scores agree with it. ``evaluate.stats`` as there
     (``compilations`` counts the sharded program's). Single-process meshes only: the
@@ -177,14 +177,14 @@ def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = No
     n_dev = mesh.shape[axis]
     group = n_dev * train.chunk
 
-    def per_device(keys, zs, sx, sy, qx, qy):
+    def per_device(valid, keys, zs, sx, sy, qx, qy):
         rep = lambda a: jnp.broadcast_to(a, (zs.shape[0], *a.shape))
-        return fn(keys, zs, rep(sx), rep(sy), rep(qx), rep(qy))
+        return fn(valid, keys, zs, rep(sx), rep(sy), rep(qx), rep(qy))
 
     # check_vma=False: every device trains its own candidates from scratch (nothing is
     # differentiated wrt a replicated input), and the supernets start scan carries from
     # constants, which vma typing would reject once the data is device-varying
-    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis)) + (P(),) * 4,
+    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis),) * 3 + (P(),) * 4,
                                 out_specs=P(axis), check_vma=False))
     stats: dict[str, Any] = {"evaluations": 0, "seconds": 0.0, "compilations": 0}
 
@@ -193,9 +193,11 @@ def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = No
         b = zs.shape[0]
         keys = jnp.stack([ex._arch_key(key, space, z) for z in zs])
         idx = np.concatenate([np.arange(b), np.zeros((-b) % group, np.int64)])
+        valid = np.arange(idx.size) < b
         t0 = time.perf_counter()
-        out = [np.asarray(run(keys[j], jnp.asarray(zs[j]), sx, sy, qx, qy))
-               for j in (idx[i:i + group] for i in range(0, idx.size, group))]
+        out = [np.asarray(run(valid[i:i + group], keys[idx[i:i + group]],
+                              jnp.asarray(zs[idx[i:i + group]]), sx, sy, qx, qy))
+               for i in range(0, idx.size, group)]
         stats["seconds"] += time.perf_counter() - t0
         stats["evaluations"] += b
         stats["compilations"] = ex._compilations(run)

@@ -134,7 +134,8 @@ class TrainConfig:
 @functools.lru_cache(maxsize=32)
 def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
     """jit(vmap(train one architecture on one task, accuracy on its query set)), one per
-    (space, classes, training settings), so every caller shares its compilations."""
+    (space, classes, training settings), so every caller shares its compilations. Called
+    as ``fn(valid, keys, zs, sx, sy, qx, qy)``: pairs with ``valid`` False pad a chunk."""
     from metanas_jax import nn as mnn
 
     use_vmap = cfg.vmap if cfg.vmap is not None else jax.default_backend() != "cpu"
@@ -162,9 +163,14 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
         logits = net.apply({"params": params, **rest}, qx, w, train=True)
         return jnp.mean(jnp.argmax(logits, -1) == qy)
 
-    if use_vmap:
-        return jax.jit(jax.vmap(one))
-    return jax.jit(lambda *a: jax.lax.map(lambda b: one(*b), a))
+    if use_vmap:  # padding pairs are computed and dropped: they run in parallel anyway
+        return jax.jit(lambda valid, *a: jax.vmap(one)(*a))
+
+    def one_or_skip(b):  # padding pairs of a chunk cost nothing when run one after another
+        valid, *a = b
+        return jax.lax.cond(valid, lambda a: one(*a), lambda a: jnp.float32(0.0), a)
+
+    return jax.jit(lambda valid, *a: jax.lax.map(one_or_skip, (valid, *a)))
 
 
 def _compilations(jitted) -> int:
@@ -194,10 +200,11 @@ def _run_pairs(fn, keys, zs, sx, sy, qx, qy, chunk):
     n = zs.shape[0]
     pad = (-n) % chunk
     idx = np.concatenate([np.arange(n), np.zeros(pad, np.int64)])
+    valid = np.arange(n + pad) < n
     out = []
     for i in range(0, n + pad, chunk):
         j = idx[i:i + chunk]
-        out.append(np.asarray(fn(keys[j], zs[j], sx[j], sy[j], qx[j], qy[j])))
+        out.append(np.asarray(fn(valid[i:i + chunk], keys[j], zs[j], sx[j], sy[j], qx[j], qy[j])))
     return np.concatenate(out)[:n]
 
 
