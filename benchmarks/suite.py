@@ -12,7 +12,9 @@ Rows:
   median step time and spread (min..max over ``--repeats`` steps after one warm-up), step
   time with compile amortised over 1,000 steps, FLOPs of the compiled step from XLA's cost
   analysis, achieved FLOP/s and its share of the peak. With several devices the tasks are
-  sharded over all of them (``metanas_jax.parallel``).
+  sharded over all of them (``metanas_jax.parallel``). The DARTS rows run last and, on CPU,
+  map over tasks (``--darts-strategy``): one compiled copy of the inner loop instead of
+  one per task.
 * ``torch/conv4/maml/mb<T>``: the same second-order MAML step in PyTorch
   (``benchmarks/torch_maml.py``); ``ratio`` = PyTorch step / JAX step (compile amortised
   over 1,000 steps), i.e. how many times faster JAX is (skipped without torch).
@@ -115,8 +117,12 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
     learner = learner_for(model, args)
     extra = ({"arch_update": "alternating", "arch_inner_lr": 0.1, "arch_meta_lr": 3e-4}
              if learner.searches else {})
+    strategy = args.strategy
+    if model == "darts":  # unrolling 16-32 copies of the supernet's inner loop did not compile
+        # within 17 min on a 2-core CPU; lax.map compiles one copy (see benchmarks/README.md)
+        strategy = args.darts_strategy or ("map" if jax.default_backend() == "cpu" else "auto")
     cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=args.inner_steps, inner_lr=0.1,
-                          strategy=args.strategy, **extra)
+                          strategy=strategy, **extra)
     batch = episodes(tasks, dtype)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
     n_dev = jax.device_count()
@@ -140,7 +146,7 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
             "strategy": meta.resolve_strategy(cfg.strategy, learner.vmap_friendly)}
 
 
-def bench_torch(tasks, args, jax_row):
+def bench_torch(tasks, args):
     try:
         import torch_maml
         r = torch_maml.bench(meta_batch=tasks, inner_steps=args.inner_steps, inner_lr=0.1,
@@ -149,12 +155,15 @@ def bench_torch(tasks, args, jax_row):
     except ImportError as e:
         return {"name": f"torch/conv4/maml/mb{tasks}", "note": f"skipped: {e}"}
     ts = r["times"]
-    row = {"name": f"torch/conv4/maml/mb{tasks}", "median_s": r["median_s"], "min_s": min(ts),
-           "max_s": max(ts), "n": len(ts), "note": f"torch {r['torch']}, {r['threads']} threads"}
-    if jax_row is not None:
-        row["ratio"] = r["median_s"] / jax_row["amortized_s"]
-        row["note"] += f"; ratio = torch / JAX({jax_row['name']}, compile amortised)"
-    return row
+    return {"name": f"torch/conv4/maml/mb{tasks}", "median_s": r["median_s"], "min_s": min(ts),
+            "max_s": max(ts), "n": len(ts), "note": f"torch {r['torch']}, {r['threads']} threads"}
+
+
+def add_ratio(torch_row, jax_row):
+    """``ratio`` = PyTorch step / JAX step with compile amortised: how many times faster JAX is."""
+    if "median_s" in torch_row:
+        torch_row["ratio"] = torch_row["median_s"] / jax_row["amortized_s"]
+        torch_row["note"] += f"; ratio = torch / JAX({jax_row['name']}, compile amortised)"
 
 
 def bench_search(args):
@@ -230,6 +239,8 @@ def main(argv=None):
     ap.add_argument("--torch-meta-batch", default="16", help="'' to skip PyTorch")
     ap.add_argument("--conv-impl", default="auto", help="conv4 convolutions: auto, matmul, xla")
     ap.add_argument("--strategy", default="auto", help="task strategy: auto, vmap, map, unroll")
+    ap.add_argument("--darts-strategy", default="",
+                    help="task strategy of the DARTS rows (default: map on CPU, auto elsewhere)")
     ap.add_argument("--darts-channels", type=int, default=8)
     ap.add_argument("--darts-cells", type=int, default=3)
     ap.add_argument("--dtype", default="auto", choices=["auto", "f32", "bf16"],
@@ -241,9 +252,19 @@ def main(argv=None):
     ap.add_argument("--search-train-steps", type=int, default=10)
     ap.add_argument("--search-chunk", type=int, default=8)
     ap.add_argument("--skip", default="", help="comma list of sections: peak,meta,torch,search")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="write the rows here (rewritten after each row)")
+    ap.add_argument("--show", default=None, metavar="JSON",
+                    help="print the table of a JSON written by --json (also of a run stopped "
+                         "part-way) and exit")
     parallel.add_distributed_flags(ap)
     args = ap.parse_args(argv)
+    if args.show:
+        with open(args.show) as f:
+            saved = json.load(f)
+        print("\n".join(saved["header"]))
+        print(table(saved["rows"]))
+        print(saved.get("footer", "# (stopped part-way: the rows finished by then)"))
+        return saved["rows"]
     parallel.initialize(args=args)
     if args.quick:
         args.repeats, args.torch_repeats = min(args.repeats, 2), min(args.torch_repeats, 1)
@@ -275,24 +296,38 @@ def main(argv=None):
                 if args.quick and (tasks != 16 or (model == "darts" and algorithm != "maml")):
                     continue
                 settings.append((model, algorithm, tasks))
-    jax_maml = {}
-    if "meta" not in skip:
-        for model, algorithm, tasks in settings:
-            r = bench_meta(model, algorithm, tasks, args, peak, dtype)
-            rows.append(r)
-            if model == "conv4" and algorithm == "maml":
-                jax_maml[tasks] = r
-            print(f"# {r['name']}: compile {r['compile_s']:.1f}s, step {r['median_s']:.4f}s, "
-                  f"{r['pct_peak']:.1f}% peak (load {load()})", flush=True)
+    # cheap sections first, so a long DARTS compilation cannot hold back their rows; the
+    # table keeps the order peak, meta, torch, search, and --json is rewritten after each row
+    torch_rows, search_rows, meta_rows = [], [], []
+
+    def save_partial():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"header": header, "rows": rows + meta_rows + torch_rows + search_rows,
+                           "args": vars(args), "partial": True}, f, indent=1, default=str)
+
     if "torch" not in skip:
         for tasks in (int(t) for t in filter(None, args.torch_meta_batch.split(","))):
-            r = bench_torch(tasks, args, jax_maml.get(tasks))
-            rows.append(r)
-            print(f"# {r['name']}: {r.get('median_s', '-')} s (load {load()})", flush=True)
+            torch_rows.append(bench_torch(tasks, args))
+            print(f"# {torch_rows[-1]['name']}: {torch_rows[-1].get('median_s', '-')} s "
+                  f"(load {load()})", flush=True)
+            save_partial()
     if "search" not in skip:
-        r = bench_search(args)
-        rows.append(r)
-        print(f"# {r['name']}: {r['evals_per_s']:.2f} evals/s (load {load()})", flush=True)
+        search_rows.append(bench_search(args))
+        print(f"# {search_rows[-1]['name']}: {search_rows[-1]['evals_per_s']:.2f} evals/s "
+              f"(load {load()})", flush=True)
+        save_partial()
+    if "meta" not in skip:
+        for model, algorithm, tasks in sorted(settings, key=lambda s: s[0] == "darts"):
+            r = bench_meta(model, algorithm, tasks, args, peak, dtype)
+            meta_rows.append(r)
+            for t in torch_rows:
+                if model == "conv4" and algorithm == "maml" and t["name"].endswith(f"/mb{tasks}"):
+                    add_ratio(t, r)
+            print(f"# {r['name']}: compile {r['compile_s']:.1f}s, step {r['median_s']:.4f}s, "
+                  f"{r['pct_peak']:.1f}% peak (load {load()})", flush=True)
+            save_partial()
+    rows += meta_rows + torch_rows + search_rows
     footer = (f"# load average at end: {load()}; total {time.time() - t_start:.0f}s; "
               f"'+compile/1k_s' = median + compile/{AMORTIZE}; torch/jax = PyTorch median / "
               f"JAX '+compile/1k_s'")
