@@ -300,45 +300,45 @@ def main(argv=None):
     # table keeps the order peak, meta, torch, search, and --json is rewritten after each row
     torch_rows, search_rows, meta_rows = [], [], []
 
-    def save_partial():
+    def save(footer=None):  # without a footer: a run still going (or stopped part-way)
         if args.json:
+            out = {"header": header, "rows": rows + meta_rows + torch_rows + search_rows,
+                   "args": vars(args)}
+            out.update({"footer": footer} if footer else {"partial": True})
             with open(args.json, "w") as f:
-                json.dump({"header": header, "rows": rows + meta_rows + torch_rows + search_rows,
-                           "args": vars(args), "partial": True}, f, indent=1, default=str)
+                json.dump(out, f, indent=1, default=str)
 
     if "torch" not in skip:
         for tasks in (int(t) for t in filter(None, args.torch_meta_batch.split(","))):
             torch_rows.append(bench_torch(tasks, args))
             print(f"# {torch_rows[-1]['name']}: {torch_rows[-1].get('median_s', '-')} s "
                   f"(load {load()})", flush=True)
-            save_partial()
+            save()
     if "search" not in skip:
         search_rows.append(bench_search(args))
         print(f"# {search_rows[-1]['name']}: {search_rows[-1]['evals_per_s']:.2f} evals/s "
               f"(load {load()})", flush=True)
-        save_partial()
+        save()
     if "meta" not in skip:
         for model, algorithm, tasks in sorted(settings, key=lambda s: s[0] == "darts"):
             r = bench_meta(model, algorithm, tasks, args, peak, dtype)
             meta_rows.append(r)
-            for t in torch_rows:
-                if model == "conv4" and algorithm == "maml" and t["name"].endswith(f"/mb{tasks}"):
-                    add_ratio(t, r)
+            if model == "conv4" and algorithm == "maml":
+                for t in torch_rows:
+                    if t["name"] == f"torch/conv4/maml/mb{tasks}":
+                        add_ratio(t, r)
             print(f"# {r['name']}: compile {r['compile_s']:.1f}s, step {r['median_s']:.4f}s, "
                   f"{r['pct_peak']:.1f}% peak (load {load()})", flush=True)
-            save_partial()
-    rows += meta_rows + torch_rows + search_rows
+            save()
     footer = (f"# load average at end: {load()}; total {time.time() - t_start:.0f}s; "
               f"'+compile/1k_s' = median + compile/{AMORTIZE}; torch/jax = PyTorch median / "
               f"JAX '+compile/1k_s'")
+    save(footer)
+    rows += meta_rows + torch_rows + search_rows
     print()
     print("\n".join(header))
     print(table(rows))
     print(footer, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "footer": footer, "rows": rows, "args": vars(args)}, f,
-                      indent=1, default=str)
     return rows
 
 

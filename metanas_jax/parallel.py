@@ -192,12 +192,9 @@ def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = No
         zs = np.asarray(zs, np.float32)
         b = zs.shape[0]
         keys = jnp.stack([ex._arch_key(key, space, z) for z in zs])
-        idx = np.concatenate([np.arange(b), np.zeros((-b) % group, np.int64)])
-        valid = np.arange(idx.size) < b
         t0 = time.perf_counter()
-        out = [np.asarray(run(valid[i:i + group], keys[idx[i:i + group]],
-                              jnp.asarray(zs[idx[i:i + group]]), sx, sy, qx, qy))
-               for i in range(0, idx.size, group)]
+        out = [np.asarray(run(v, keys[j], jnp.asarray(zs[j]), sx, sy, qx, qy))
+               for v, j in ex._padded_chunks(b, group)]
         stats["seconds"] += time.perf_counter() - t0
         stats["evaluations"] += b
         stats["compilations"] = ex._compilations(run)

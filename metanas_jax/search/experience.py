@@ -196,15 +196,19 @@ def compact_params(space: SearchSpace, z, num_classes: int, image_shape, superne
     return mnn.count_params(shapes)
 
 
-def _run_pairs(fn, keys, zs, sx, sy, qx, qy, chunk):
-    n = zs.shape[0]
+def _padded_chunks(n: int, chunk: int):
+    """``(valid, idx)`` per chunk of ``n`` pairs padded to a multiple of ``chunk``: padding
+    repeats pair 0 with ``valid`` False, so one compiled program serves any count."""
     pad = (-n) % chunk
     idx = np.concatenate([np.arange(n), np.zeros(pad, np.int64)])
     valid = np.arange(n + pad) < n
-    out = []
-    for i in range(0, n + pad, chunk):
-        j = idx[i:i + chunk]
-        out.append(np.asarray(fn(valid[i:i + chunk], keys[j], zs[j], sx[j], sy[j], qx[j], qy[j])))
+    return [(valid[i:i + chunk], idx[i:i + chunk]) for i in range(0, n + pad, chunk)]
+
+
+def _run_pairs(fn, keys, zs, sx, sy, qx, qy, chunk):
+    n = zs.shape[0]
+    out = [np.asarray(fn(v, keys[j], zs[j], sx[j], sy[j], qx[j], qy[j]))
+           for v, j in _padded_chunks(n, chunk)]
     return np.concatenate(out)[:n]
 
 
