@@ -68,7 +68,7 @@ def init(net, key, x, weights=None):
     if isinstance(net, HardMacroSupernet):
         return jax.jit(lambda k, *a: net.init(k, *a))(key, *args)
     shapes = jax.eval_shape(lambda k, *a: net.init(k, *a, train=False), key, *args)
-    stacked = ("layers",) if isinstance(net, MacroSupernet) else ()
+    stacked = ("layers",) if isinstance(net, MacroSupernet) else getattr(net, "STACKED", ())
     flat = {(col, *path): s for col, tree in shapes.items()
             for path, s in traverse_util.flatten_dict(tree).items()}
     if all(p[0] == "params" and p[-1] in ("kernel", "scale", "bias")
@@ -99,7 +99,7 @@ def extract(net, supernet_vars, x):
     shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
     params = supernet_vars["params"]
     unstack = getattr(_SUPERNET[net.space.name], "unstack", None)
-    sup = traverse_util.flatten_dict(unstack(params) if unstack else params)
+    sup = traverse_util.flatten_dict(unstack(params, net.space) if unstack else params)
     out = {}
     for path, leaf in traverse_util.flatten_dict(shapes["params"]).items():
         if path not in sup:

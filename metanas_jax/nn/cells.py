@@ -1,17 +1,20 @@
 """Cell networks of the ``darts`` and ``nb201`` spaces: compact networks and supernets.
 
 A supernet edge is a mixed op, ``sum_k w[e, k] * op_k(x)`` with ``w = space.relax(z, T)``;
-the compact network of a genotype keeps only the chosen op of each kept edge. Edge op
-modules are named ``e{edge}_{op}`` in both, so compact variables are a subset of the
-supernet's (see :func:`metanas_jax.nn.extract`), and with one-hot weights both compute the
-same function.
+the compact network of a genotype keeps only the chosen op of each kept edge. Compact edge
+op modules are named ``e{edge}_{op}``; the NAS-Bench-201 supernet names them the same way,
+the DARTS supernet stacks them (see :class:`DartsSupernet`) and ``unstack`` renames them,
+so compact variables are slices of the supernet's (see :func:`metanas_jax.nn.extract`),
+and with one-hot weights both compute the same function.
 """
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from metanas_jax.nn.ops import ConvBN, FactorizedReduce, Norm, SepConv, avg_pool, max_pool, subsample
+from metanas_jax.nn.ops import ConvBN, FactorizedReduce, FastConv, Norm, SepConv, avg_pool, max_pool, subsample
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.darts import Darts
 from metanas_jax.spaces.nb201 import NB201, NB201_EDGES
@@ -41,9 +44,53 @@ def darts_op(name, channels, stride, module_name, track, dtype):
     raise ValueError(f"darts: unknown primitive {name!r}")
 
 
+def edge_groups(space: Darts, reduction: bool):
+    """The DARTS supernet cell's edge scans: ``(name, stride, edge ids)`` in run order.
+
+    A normal cell scans all edges over one buffer of states (inputs then nodes). In a
+    reduction cell the edges from the two inputs have stride 2 and so other shapes: they
+    run first, as their own scan; the node-to-node edges follow. Edges are ordered by
+    target node, so every node is complete before an edge reads it."""
+    if not reduction:
+        return [("edges", 1, list(range(len(space.edges))))]
+    groups = [("edges_s2", 2, [e for e, (_, i) in enumerate(space.edges) if i < 2]),
+              ("edges", 1, [e for e, (_, i) in enumerate(space.edges) if i >= 2])]
+    return [g for g in groups if g[2]]
+
+
+class MixedEdge(nn.Module):
+    """One step of an edge scan: ``buf[dst] += sum_k w[k] op_k(src[i])``.
+
+    ``src`` is the scan carry itself (``from_carry``) or a constant stack of the cell
+    inputs; the index ``i`` and weights ``w`` are scanned, the op modules' parameters are
+    stacked on the edge axis. XLA compiles the mixed op once per scan instead of once per
+    edge: compile time of a cell's gradient drops by ~8x on CPU
+    (``benchmarks/bench_darts_compile.py``)."""
+
+    primitives: tuple[str, ...]
+    channels: int
+    stride: int
+    from_carry: bool
+    track: bool
+    train: bool
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, buf, edge, src):
+        w, i, dst = edge
+        x = (buf if self.from_carry else src)[i]
+        y = 0.0
+        for k, op in enumerate(self.primitives):
+            if op != "none":  # its output is zero
+                y = y + w[k].astype(x.dtype) * darts_op(
+                    op, self.channels, self.stride, op, self.track, self.dtype)(x, self.train)
+        return buf.at[dst].add(y.astype(buf.dtype)), None
+
+
 class DartsCell(nn.Module):
-    """One cell. ``edge_ops[e]`` lists ``(op, weight_or_None)`` for edge ``e``; a compact cell
-    passes only the chosen op with weight ``None`` (no mixing)."""
+    """One cell. A compact cell gets ``edge_ops``, listing ``(op, None)`` for the chosen
+    op of each kept edge ``e``; a supernet cell gets the cell type's weights ``(E, P)``
+    and runs every edge's mixed op in :func:`edge_groups`' scans."""
 
     space: Darts
     channels: int
@@ -60,6 +107,11 @@ class DartsCell(nn.Module):
         else:
             s0 = ConvBN(c, 1, pre_relu=True, track=self.track, dtype=self.dtype, name="pre0")(s0, 1, train)
         s1 = ConvBN(c, 1, pre_relu=True, track=self.track, dtype=self.dtype, name="pre1")(s1, 1, train)
+        if isinstance(edge_ops, list):
+            return self._compact(s0, s1, edge_ops, train)
+        return self._mixed(s0, s1, edge_ops, train)
+
+    def _compact(self, s0, s1, edge_ops, train):
         states = [s0, s1]
         for j in range(self.space.nodes):
             node = 0.0
@@ -67,13 +119,31 @@ class DartsCell(nn.Module):
                 if to != j:
                     continue
                 stride = 2 if self.reduction and i < 2 else 1
-                for op, w in edge_ops[e]:
-                    y = darts_op(op, c, stride, f"e{e}_{op}", self.track, self.dtype)(states[i], train)
-                    node = node + (y if w is None else w * y)
+                for op, _ in edge_ops[e]:
+                    node = node + darts_op(op, self.channels, stride, f"e{e}_{op}", self.track,
+                                           self.dtype)(states[i], train)
             if isinstance(node, float):  # no kept edge (cannot happen for valid genotypes)
                 node = jnp.zeros_like(subsample(s1, 2 if self.reduction else 1))
             states.append(node)
         return jnp.concatenate(states[2:], axis=-1)
+
+    def _mixed(self, s0, s1, weights, train):
+        nodes = self.space.nodes
+        inputs = jnp.stack([s0, s1])
+        if self.reduction:  # buffer of the nodes only; inputs are read from `inputs`
+            buf, first = jnp.zeros((nodes,) + subsample(s1, 2).shape, s1.dtype), 2
+        else:  # one buffer: inputs, then nodes
+            buf, first = jnp.concatenate([inputs, jnp.zeros((nodes,) + s1.shape, s1.dtype)]), 0
+        for name, stride, ids in edge_groups(self.space, self.reduction):
+            src_i = np.array([self.space.edges[e][1] for e in ids], np.int32)
+            dst = np.array([self.space.edges[e][0] for e in ids], np.int32) + 2 - first
+            from_carry = stride == 1
+            edge = (weights[np.array(ids)], src_i - first if from_carry else src_i, dst)
+            scan = nn.scan(MixedEdge, variable_axes={"params": 0, "batch_stats": 0},
+                           split_rngs={"params": True}, in_axes=(0, nn.broadcast), length=len(ids))
+            buf, _ = scan(self.space.primitives, self.channels, stride, from_carry, self.track,
+                          train, self.dtype, name=name)(buf, edge, inputs)
+        return jnp.concatenate(list(buf[2 - first:]), axis=-1)
 
 
 class _DartsBody(nn.Module):
@@ -88,8 +158,8 @@ class _DartsBody(nn.Module):
     def run(self, x, cell_edge_ops, train):
         """``cell_edge_ops(reduction) -> edge_ops`` for each cell."""
         c = self.channels
-        stem = nn.Conv(c * self.stem_multiplier, (3, 3), padding="SAME", use_bias=False,
-                       dtype=self.dtype, name="stem")(x)
+        # every DARTS convolution is a FastConv: the supernet vmaps over tasks on CPU too
+        stem = FastConv(c * self.stem_multiplier, 3, dtype=self.dtype, name="stem")(x)
         s0 = s1 = Norm(self.track, name="stem_norm")(stem, train)
         reduction_prev = False
         for i in range(self.cells):
@@ -123,16 +193,35 @@ class DartsNet(_DartsBody):
 
 
 class DartsSupernet(_DartsBody):
-    """DARTS search network: every edge mixes all primitives with ``weights[cell type]``."""
+    """DARTS search network: every edge mixes all primitives with ``weights[cell type]``.
+
+    Each cell runs its edges as ``lax.scan`` s of one mixed op (:func:`edge_groups`), so
+    the op parameters of cell ``i`` live stacked on a leading edge axis under
+    ``cell{i}/edges/{op}`` (and ``cell{i}/edges_s2/{op}`` for a reduction cell's input
+    edges); :meth:`unstack` gives them the compact network's names."""
+
+    STACKED = ("edges", "edges_s2")
 
     @nn.compact
     def __call__(self, x, weights, train: bool = True):
-        def edge_ops(reduction):
-            w = weights["reduce" if reduction else "normal"]
-            return [[(op, w[e, k]) for k, op in enumerate(self.space.primitives)]
-                    for e in range(len(self.space.edges))]
+        return self.run(x, lambda reduction: weights["reduce" if reduction else "normal"], train)
 
-        return self.run(x, edge_ops, train)
+    @staticmethod
+    def unstack(params, space: Darts):
+        """Supernet params renamed as the compact network names them (``e{edge}_{op}``)."""
+        out = {}
+        for name, tree in params.items():
+            groups = [g for g in DartsSupernet.STACKED if isinstance(tree, dict) and g in tree]
+            if not groups:
+                out[name] = tree
+                continue
+            cell = {k: v for k, v in tree.items() if k not in groups}
+            for group, _, ids in edge_groups(space, reduction="edges_s2" in groups):
+                for op, op_tree in tree.get(group, {}).items():
+                    for pos, e in enumerate(ids):
+                        cell[f"e{e}_{op}"] = jax.tree.map(lambda a, pos=pos: a[pos], op_tree)
+            out[name] = cell
+        return out
 
 
 # --------------------------------------------------------------------------- NAS-Bench-201

@@ -71,13 +71,13 @@ def _sample2(y, oh, ow):
 
 def _fan_in(path, shape, stacked):
     """lecun_normal's fan-in: kernel input channels times receptive field (no layer axis)."""
-    shape = shape[1:] if path[0] in stacked else shape
+    shape = shape[1:] if any(name in stacked for name in path) else shape
     return int(np.prod(shape[:-1]))
 
 
 def init_params(key, shapes, stacked=("layers",), host=False):
-    """Params for the flattened ``shapes`` (paths starting with a name in ``stacked`` have
-    a leading layer axis, as ``nn.scan`` stacks them) with flax's defaults (kernels lecun_normal,
+    """Params for the flattened ``shapes`` (paths through a name in ``stacked`` have
+    a leading layer/edge axis, as ``nn.scan`` stacks them) with flax's defaults (kernels lecun_normal,
     norm scales one, biases zero). All kernels come from ONE flat truncated-normal draw:
     XLA:CPU compiles a random draw of a high-rank shape very slowly (seconds each).
     ``host=True``: slice and reshape with numpy (not traceable; for hundreds of leaves,

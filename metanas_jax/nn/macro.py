@@ -155,7 +155,7 @@ class MacroSupernet(nn.Module):
         return _head(self.num_classes, pooled, self.dtype)
 
     @staticmethod
-    def unstack(params):
+    def unstack(params, space=None):
         """Supernet params renamed as the compact network names them (``layer{l}_{op}``)."""
         out = {k: v for k, v in params.items() if k != "layers"}
         for op, tree in params["layers"].items():
