@@ -60,7 +60,8 @@ def build_learner(c, n_way):
         return meta.conv4_learner(n_way, channels=c.channels, downsample=c.downsample,
                                   conv_impl=c.conv_impl)
     if c.name == "darts":
-        return meta.supernet_learner(spaces.get("darts"), n_way, channels=c.channels, cells=c.cells)
+        return meta.supernet_learner(spaces.get("darts", nodes=c.get("nodes", 4)), n_way,
+                                     channels=c.channels, cells=c.cells)
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 

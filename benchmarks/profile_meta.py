@@ -2,6 +2,7 @@
 
     python benchmarks/profile_meta.py                       # conv4, MAML, meta-batch 16
     python benchmarks/profile_meta.py --algorithm fomaml --top 20
+    python benchmarks/profile_meta.py --model darts --algorithm fomaml --meta-batch 2 --inner-steps 1
 
 Same shapes as ``benchmarks/suite.py`` (Omniglot-style 5-way 1-shot, 15 queries, 28x28,
 5 inner steps). Runs the compiled step once under ``jax.profiler.trace`` and sums the
@@ -31,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from metanas_jax import meta  # noqa: E402
-from suite import episodes, load  # noqa: E402
+from suite import episodes, learner_for, load, meta_config  # noqa: E402
 
 
 def kind(name: str) -> str:
@@ -45,17 +46,20 @@ def kind(name: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="conv4", help="conv4 or darts (the suite's DARTS supernet)")
+    ap.add_argument("--darts-channels", type=int, default=8)
+    ap.add_argument("--darts-cells", type=int, default=3)
     ap.add_argument("--algorithm", default="maml")
     ap.add_argument("--meta-batch", type=int, default=16)
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--conv-impl", default="auto")
-    ap.add_argument("--strategy", default="auto")
+    ap.add_argument("--strategy", default="auto", help="task strategy (DARTS: map on CPU if auto)")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args(argv)
 
-    learner = meta.conv4_learner(5, channels=64, conv_impl=args.conv_impl)
-    cfg = meta.MetaConfig(algorithm=args.algorithm, inner_steps=args.inner_steps, inner_lr=0.1,
-                          strategy=args.strategy)
+    learner = learner_for(args.model, args)
+    cfg = meta_config(args.model, learner, args.algorithm, args.inner_steps, args.strategy,
+                      args.strategy if args.strategy != "auto" else "")
     batch = episodes(args.meta_batch, jnp.float32)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
     t0 = time.perf_counter()
@@ -82,7 +86,7 @@ def main(argv=None):
     hlo = compiled.as_text()
 
     print(f"# command: python benchmarks/profile_meta.py {' '.join(argv or sys.argv[1:])}".rstrip())
-    print(f"# conv4 {args.algorithm} mb{args.meta_batch}, {args.inner_steps} inner steps; backend "
+    print(f"# {args.model} {args.algorithm} mb{args.meta_batch}, {args.inner_steps} inner steps; backend "
           f"{jax.default_backend()}; load {load()}")
     print(f"# compile {compile_s:.1f} s; step {step_s:.3f} s (unprofiled); op time in trace {total:.3f} s")
     print("\n| op kind | seconds | share |\n|---|---|---|")

@@ -113,16 +113,20 @@ def learner_for(model, args):
     raise ValueError(f"unknown model {model!r}")
 
 
-def bench_meta(model, algorithm, tasks, args, peak, dtype):
-    learner = learner_for(model, args)
+def meta_config(model, learner, algorithm, inner_steps, strategy, darts_strategy):
+    """The benchmarked meta-learning setting (also used by ``profile_meta.py``)."""
     extra = ({"arch_update": "alternating", "arch_inner_lr": 0.1, "arch_meta_lr": 3e-4}
              if learner.searches else {})
-    strategy = args.strategy
     if model == "darts":  # unrolling 16-32 copies of the supernet's inner loop did not compile
         # within 17 min on a 2-core CPU; lax.map compiles one copy (see benchmarks/README.md)
-        strategy = args.darts_strategy or ("map" if jax.default_backend() == "cpu" else "auto")
-    cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=args.inner_steps, inner_lr=0.1,
-                          strategy=strategy, **extra)
+        strategy = darts_strategy or ("map" if jax.default_backend() == "cpu" else "auto")
+    return meta.MetaConfig(algorithm=algorithm, inner_steps=inner_steps, inner_lr=0.1,
+                           strategy=strategy, **extra)
+
+
+def bench_meta(model, algorithm, tasks, args, peak, dtype):
+    learner = learner_for(model, args)
+    cfg = meta_config(model, learner, algorithm, args.inner_steps, args.strategy, args.darts_strategy)
     batch = episodes(tasks, dtype)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
     n_dev = jax.device_count()
@@ -137,7 +141,7 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     flops = flops_of(compiled)
-    ts = timed(lambda: compiled(state, batch)[1], args.repeats)
+    ts = timed(lambda: compiled(state, batch)[1], args.repeats, args.warmup)
     med = statistics.median(ts)
     return {"name": f"meta/{model}/{algorithm}/mb{tasks}", "compile_s": compile_s,
             "median_s": med, "min_s": min(ts), "max_s": max(ts), "n": len(ts),
@@ -235,6 +239,9 @@ def main(argv=None):
     ap.add_argument("--meta-batch", default="16,32")
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed meta-steps before the timed ones (the step is compiled ahead "
+                         "of time either way; 0 saves minutes on the CPU's DARTS rows)")
     ap.add_argument("--torch-repeats", type=int, default=2)
     ap.add_argument("--torch-meta-batch", default="16", help="'' to skip PyTorch")
     ap.add_argument("--conv-impl", default="auto", help="conv4 convolutions: auto, matmul, xla")

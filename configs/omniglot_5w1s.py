@@ -1,12 +1,16 @@
 """Omniglot 5-way 1-shot (Vinyals split, 28x28, rotations), MAML's Omniglot protocol.
 
 ``get_config("conv4")`` is the fixed-architecture MAML baseline; ``get_config("darts")``
-meta-learns a DARTS cell with the weights (MetaNAS). Used by
-``benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts]``.
+meta-learns a DARTS cell with the weights (MetaNAS); ``get_config("darts_cpu")`` is the
+same with a supernet and meta-batch sized for the one-hour budget on a 2-core CPU (8
+channels, 3 nodes, meta-batch 8, first-order MAML: about 6 s per meta-step there, so a few
+hundred meta-steps in the budget). Used by
+``benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts|:darts_cpu]``.
 """
 import os
 from pathlib import Path
 
+import jax
 import ml_collections
 
 # ``../shared/data/omniglot`` next to the project root, unless METANAS_OMNIGLOT says otherwise.
@@ -15,25 +19,32 @@ OMNIGLOT = os.environ.get(
 
 
 def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
-    if model not in ("conv4", "darts"):
-        raise ValueError(f"omniglot_5w1s: model must be 'conv4' or 'darts', got {model!r}")
+    if model not in ("conv4", "darts", "darts_cpu"):
+        raise ValueError(f"omniglot_5w1s: model must be 'conv4', 'darts' or 'darts_cpu', got {model!r}")
     c = ml_collections.ConfigDict()
     c.name = f"omniglot_5w1s_{model}"
     c.data = ml_collections.ConfigDict(dict(
         source="omniglot:" + OMNIGLOT,
         image_size=28, n_way=5, k_shot=1, n_query_train=1, n_query_test=15, meta_batch=32,
         split_seed=0))
-    c.model = ml_collections.ConfigDict(dict(name=model, channels=64, downsample="stride",
-                                             cells=3, conv_impl="auto"))
+    c.model = ml_collections.ConfigDict(dict(name=model.split("_")[0], channels=64,
+                                             downsample="stride", cells=3, nodes=4,
+                                             conv_impl="auto"))
     # MAML (Finn et al. 2017), Omniglot 5-way: one inner SGD step of 0.4, meta-batch 32,
     # Adam 1e-3; evaluated with 3 inner steps.
     c.meta = ml_collections.ConfigDict(dict(
         algorithm="maml", inner_steps=1, eval_inner_steps=3, inner_lr=0.4, inner_opt="sgd",
         meta_lr=1e-3, meta_opt="adam", strategy="auto"))
-    if model == "darts":
+    if model.startswith("darts"):
         c.model.channels = 16
         c.meta.update(dict(arch_update="alternating", arch_inner_lr=0.1, arch_meta_lr=3e-4,
-                           arch_weight_decay=1e-3, arch_warmup_steps=200))
+                           arch_weight_decay=1e-3, arch_warmup_steps=200,
+                           # one compiled copy of the supernet's inner loop (auto unrolls on CPU)
+                           strategy="map" if jax.default_backend() == "cpu" else "auto"))
+    if model == "darts_cpu":
+        c.model.update(dict(channels=8, nodes=3))
+        c.data.meta_batch = 8
+        c.meta.update(dict(algorithm="fomaml", arch_warmup_steps=100))
     c.train = ml_collections.ConfigDict(dict(num_steps=60000, time_budget_s=55 * 60.0,
                                              log_every=100, seed=0))
     c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=50))
