@@ -1,7 +1,8 @@
 """Meta-train on a few-shot benchmark within a wall-clock budget, then meta-test.
 
     python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
-        [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json
+        [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json \
+        [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
 
 Prints training progress and the meta-test accuracy with its 95% interval over the
 config's fixed test episodes; writes a JSON with the result, the config, the timings and
@@ -19,10 +20,19 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pathlib import Path  # noqa: E402
+
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metanas_jax import data, meta, spaces  # noqa: E402
+from metanas_jax.checkpoint import StageCheckpoints  # noqa: E402
+
+
+def jsonable(obj):
+    """``obj`` with numpy / jax scalars and arrays as plain JSON values."""
+    return json.loads(json.dumps(obj, default=lambda o: np.asarray(o).tolist()))
 
 
 def load_config(spec: str, overrides: list[str]):
@@ -70,6 +80,9 @@ def main(argv=None):
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. train.time_budget_s=600")
     ap.add_argument("--out", default=None, help="result JSON path")
+    ap.add_argument("--workdir", default=None,
+                    help="save the meta-trained state here (Orbax, atomic) before the meta-test; "
+                         "a rerun with the same workdir and config skips training")
     args = ap.parse_args(argv)
     c = load_config(args.config, args.set)
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
@@ -88,16 +101,35 @@ def main(argv=None):
     def sample(k):
         return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train, d.meta_batch)
 
-    t1 = time.time()
-    jax.block_until_ready(step.lower(state, sample(key)).compile())
-    compile_s = time.time() - t1
-    print(f"meta-step compiled in {compile_s:.1f}s (strategy "
-          f"{meta.resolve_strategy(mcfg.strategy, learner.vmap_friendly)})", flush=True)
-    t2 = time.time()
-    state, history = meta.meta_train(step, state, sample, c.train.num_steps,
-                                     time_budget_s=c.train.time_budget_s, log_every=c.train.log_every,
-                                     log=lambda s: print(s, flush=True))
-    train_s = time.time() - t2
+    ck = StageCheckpoints(Path(args.workdir) / "meta_state") if args.workdir else None
+    latest = ck.latest() if ck else None
+    if latest is not None:  # meta-trained before: only meta-test
+        _, saved, rec = latest
+        if rec["config"] != jsonable(c.to_dict()):
+            raise ValueError(f"--workdir {args.workdir} holds a state meta-trained with another "
+                             f"config; use a new workdir")
+        state = jax.tree.unflatten(jax.tree.structure(state), [
+            t if t.size == 0 else jnp.asarray(x)  # Orbax does not store empty arrays
+            for t, x in zip(jax.tree.leaves(state), saved["leaves"])])
+        compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
+        print(f"restored the meta-trained state from {args.workdir} (skipping training)", flush=True)
+    else:
+        t1 = time.time()
+        jax.block_until_ready(step.lower(state, sample(key)).compile())
+        compile_s = time.time() - t1
+        print(f"meta-step compiled in {compile_s:.1f}s (strategy "
+              f"{meta.resolve_strategy(mcfg.strategy, learner.vmap_friendly)})", flush=True)
+        t2 = time.time()
+        state, history = meta.meta_train(step, state, sample, c.train.num_steps,
+                                         time_budget_s=c.train.time_budget_s,
+                                         log_every=c.train.log_every,
+                                         log=lambda s: print(s, flush=True))
+        train_s = time.time() - t2
+        if ck:  # the meta-test can take as long as training on CPU: keep what it tests
+            ck.save(int(state.step), {"leaves": [x if x.size else np.zeros(1, np.float32)
+                                                  for x in jax.tree.leaves(state)]},
+                    jsonable({"config": c.to_dict(), "compile_s": compile_s, "train_s": train_s,
+                              "history": history}))
     steps_done = int(state.step)
     print(f"trained {steps_done} meta-steps in {train_s:.0f}s", flush=True)
 
