@@ -67,7 +67,7 @@ def bench_one(args, model, algorithm, tasks, impl, strategy):
     step_s = (time.perf_counter() - t0) / args.repeats
     return {"model": model, "algorithm": algorithm, "meta_batch": tasks,
             "conv_impl": impl if model == "conv4" else "flax",
-            "strategy": meta.resolve_strategy(strategy, learner.vmap_friendly),
+            "strategy": meta.resolve_strategy(strategy, learner.cpu_strategy),
             "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
             "loss": float(m["loss"])}
 

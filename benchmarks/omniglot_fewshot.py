@@ -118,7 +118,7 @@ def main(argv=None):
         jax.block_until_ready(step.lower(state, sample(key)).compile())
         compile_s = time.time() - t1
         print(f"meta-step compiled in {compile_s:.1f}s (strategy "
-              f"{meta.resolve_strategy(mcfg.strategy, learner.vmap_friendly)})", flush=True)
+              f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
         t2 = time.time()
         state, history = meta.meta_train(step, state, sample, c.train.num_steps,
                                          time_budget_s=c.train.time_budget_s,

@@ -58,8 +58,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     learner = learner_for(args.model, args)
-    cfg = meta_config(args.model, learner, args.algorithm, args.inner_steps, args.strategy,
-                      args.strategy if args.strategy != "auto" else "")
+    cfg = meta_config(args.model, learner, args.algorithm, args.inner_steps, args.strategy, "")
     batch = episodes(args.meta_batch, jnp.float32)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
     t0 = time.perf_counter()

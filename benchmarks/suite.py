@@ -117,9 +117,8 @@ def meta_config(model, learner, algorithm, inner_steps, strategy, darts_strategy
     """The benchmarked meta-learning setting (also used by ``profile_meta.py``)."""
     extra = ({"arch_update": "alternating", "arch_inner_lr": 0.1, "arch_meta_lr": 3e-4}
              if learner.searches else {})
-    if model == "darts":  # unrolling 16-32 copies of the supernet's inner loop did not compile
-        # within 17 min on a 2-core CPU; lax.map compiles one copy (see benchmarks/README.md)
-        strategy = darts_strategy or ("map" if jax.default_backend() == "cpu" else "auto")
+    if model == "darts" and darts_strategy:  # "auto" maps the supernet over tasks on CPU
+        strategy = darts_strategy
     return meta.MetaConfig(algorithm=algorithm, inner_steps=inner_steps, inner_lr=0.1,
                            strategy=strategy, **extra)
 
@@ -147,7 +146,7 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
             "median_s": med, "min_s": min(ts), "max_s": max(ts), "n": len(ts),
             "amortized_s": med + compile_s / AMORTIZE, "gflop": flops / 1e9,
             "gflops": flops / med / 1e9, "pct_peak": 100.0 * flops / med / peak,
-            "strategy": meta.resolve_strategy(cfg.strategy, learner.vmap_friendly)}
+            "strategy": meta.resolve_strategy(cfg.strategy, learner.cpu_strategy)}
 
 
 def bench_torch(tasks, args):
@@ -247,7 +246,7 @@ def main(argv=None):
     ap.add_argument("--conv-impl", default="auto", help="conv4 convolutions: auto, matmul, xla")
     ap.add_argument("--strategy", default="auto", help="task strategy: auto, vmap, map, unroll")
     ap.add_argument("--darts-strategy", default="",
-                    help="task strategy of the DARTS rows (default: map on CPU, auto elsewhere)")
+                    help="task strategy of the DARTS rows (default: --strategy; auto maps the supernet over tasks on CPU)")
     ap.add_argument("--darts-channels", type=int, default=8)
     ap.add_argument("--darts-cells", type=int, default=3)
     ap.add_argument("--dtype", default="auto", choices=["auto", "f32", "bf16"],

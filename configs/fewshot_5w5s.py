@@ -12,7 +12,6 @@ searches a DARTS cell too (MetaNAS' MiniImageNet setting, reduced in width).
 """
 import os
 
-import jax
 import ml_collections
 
 
@@ -35,9 +34,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     if model == "darts":
         c.model.channels = 16
         c.meta.update(dict(algorithm="fomaml", arch_update="alternating", arch_inner_lr=0.1,
-                           arch_meta_lr=3e-4, arch_weight_decay=1e-3, arch_warmup_steps=500,
-                           # one compiled copy of the supernet's inner loop (auto unrolls on CPU)
-                           strategy="map" if jax.default_backend() == "cpu" else "auto"))
+                           arch_meta_lr=3e-4, arch_weight_decay=1e-3, arch_warmup_steps=500))
     c.train = ml_collections.ConfigDict(dict(num_steps=60000, time_budget_s=55 * 60.0,
                                              log_every=100, seed=0))
     c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=20))

@@ -10,7 +10,6 @@ hundred meta-steps in the budget). Used by
 import os
 from pathlib import Path
 
-import jax
 import ml_collections
 
 # ``../shared/data/omniglot`` next to the project root, unless METANAS_OMNIGLOT says otherwise.
@@ -38,9 +37,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     if model.startswith("darts"):
         c.model.channels = 16
         c.meta.update(dict(arch_update="alternating", arch_inner_lr=0.1, arch_meta_lr=3e-4,
-                           arch_weight_decay=1e-3, arch_warmup_steps=200,
-                           # one compiled copy of the supernet's inner loop (auto unrolls on CPU)
-                           strategy="map" if jax.default_backend() == "cpu" else "auto"))
+                           arch_weight_decay=1e-3, arch_warmup_steps=200))
     if model == "darts_cpu":
         c.model.update(dict(channels=8, nodes=3))
         c.data.meta_batch = 8

@@ -26,8 +26,11 @@ def test_map_tasks_strategies_agree():
     with pytest.raises(ValueError, match="disagree"):
         meta.map_tasks(fn, x, w[:2], strategy="vmap")
     if jax.default_backend() == "cpu":
-        assert meta.resolve_strategy("auto", vmap_friendly=False) == "unroll"
-    assert meta.resolve_strategy("auto", vmap_friendly=True) == "vmap"
+        assert meta.resolve_strategy("auto", cpu_strategy="unroll") == "unroll"
+        assert meta.resolve_strategy("auto", cpu_strategy="map") == "map"
+    assert meta.resolve_strategy("map", cpu_strategy="unroll") == "map"
+    with pytest.raises(ValueError, match="'loop'"):
+        meta.resolve_strategy("auto", cpu_strategy="loop")
 
 
 @pytest.mark.parametrize("field,value", [("algorithm", "maml2"), ("inner_steps", 0),

@@ -43,7 +43,7 @@ def make_adapt_and_score(learner, cfg: MetaConfig, steps: int | None = None):
             return acc, loss, a2
 
         return map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
-                         vmap_friendly=learner.vmap_friendly)
+                         cpu_strategy=learner.cpu_strategy)
 
     run = jax.jit(run)
     return lambda params, z, b: run(params, z, b.support_x, b.support_y, b.query_x, b.query_y)

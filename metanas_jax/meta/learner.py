@@ -25,7 +25,7 @@ class Learner:
 
     module: nn.Module
     space: Any = None
-    vmap_friendly: bool = True  # whether vmap over tasks is fast on CPU (see tasks_map)
+    cpu_strategy: str = "vmap"  # what strategy "auto" runs tasks with on CPU (tasks_map)
     arch_init_scale: float = 1e-3
     arch_init_center: float = 0.0  # DARTS alphas start at 0; macro32 genes live in [0, 1]
 
@@ -69,21 +69,24 @@ def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool"
     """The fixed-architecture baseline: the standard 4-layer conv net."""
     module = Conv4(num_classes, channels=channels, blocks=blocks, downsample=downsample,
                    conv_impl=conv_impl)
-    return Learner(module, None, vmap_friendly=resolve_impl(conv_impl) == "matmul")
+    # matmul convolutions vmap well; per-task lax.conv weights are slow grouped convs on CPU
+    return Learner(module, None,
+                   cpu_strategy="vmap" if resolve_impl(conv_impl) == "matmul" else "unroll")
 
 
 def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
                      arch_init_center: float = 0.0, **kw) -> Learner:
     """A searchable learner: ``nn.supernet(space, num_classes, **kw)`` plus its space.
 
-    Not marked vmap-friendly: the macro32 and NAS-Bench-201 supernets have ``lax.conv``
-    convolutions (slow under ``vmap`` on CPU); the DARTS supernet's are all ``FastConv``
-    but vmapping it measured no faster than ``lax.map`` (FOMAML mb2: 14.0 vs 12.9 s/step)
-    and compiled slower (180 vs 145 s), so ``map`` is the better explicit choice there
-    (``auto`` unrolls on CPU, which compiles one copy of the supernet per task)."""
+    Tasks run on CPU as the module's ``CPU_TASK_STRATEGY`` says, else unrolled: the
+    macro32 and NAS-Bench-201 supernets have ``lax.conv`` convolutions (slow under ``vmap``
+    on CPU). The DARTS supernet says ``map``: its convolutions are ``fastconv`` ones, but
+    vmapping it measured no faster than ``lax.map`` (FOMAML mb2: 14.0 vs 12.9 s/step) and
+    compiled slower (180 vs 145 s), and unrolling compiles one supernet copy per task."""
     from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
 
     if not hasattr(mnn, "supernet"):
         raise ValueError("metanas_jax.nn.supernet is not available in this installation")
-    return Learner(mnn.supernet(space, num_classes, **kw), space, vmap_friendly=False,
+    module = mnn.supernet(space, num_classes, **kw)
+    return Learner(module, space, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"),
                    arch_init_scale=arch_init_scale, arch_init_center=arch_init_center)

@@ -92,7 +92,7 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
                                       arch_active)
 
         gp, ga, m = map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
-                              vmap_friendly=learner.vmap_friendly)
+                              cpu_strategy=learner.cpu_strategy)
         gp, ga, m = jax.tree_util.tree_map(lambda g: jnp.mean(g, 0), (gp, ga, m))
         if mesh is not None:
             gp, ga, m = jax.lax.pmean((gp, ga, m), axis)

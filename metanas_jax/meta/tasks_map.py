@@ -16,16 +16,17 @@ import jax.numpy as jnp
 STRATEGIES = ("auto", "vmap", "map", "unroll")
 
 
-def resolve_strategy(strategy: str = "auto", vmap_friendly: bool = True) -> str:
-    """``"auto"``: ``vmap`` on GPU/TPU, or on CPU when the network's convolutions are
-    matmul-based (``vmap_friendly``); otherwise ``unroll`` on CPU."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown task strategy {strategy!r}; known: {list(STRATEGIES)}")
+def resolve_strategy(strategy: str = "auto", cpu_strategy: str = "vmap") -> str:
+    """``"auto"``: ``vmap`` on GPU/TPU, ``cpu_strategy`` (the network's measured best, see
+    :class:`~metanas_jax.meta.Learner`) on CPU."""
+    for value in (strategy, cpu_strategy):
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown task strategy {value!r}; known: {list(STRATEGIES)}")
+    if cpu_strategy == "auto":
+        raise ValueError("cpu_strategy must be a concrete strategy, got 'auto'")
     if strategy != "auto":
         return strategy
-    if jax.default_backend() != "cpu" or vmap_friendly:
-        return "vmap"
-    return "unroll"
+    return cpu_strategy if jax.default_backend() == "cpu" else "vmap"
 
 
 def num_tasks(*args) -> int:
@@ -39,9 +40,9 @@ def num_tasks(*args) -> int:
     return sizes.pop()
 
 
-def map_tasks(fn: Callable, *args, strategy: str = "auto", vmap_friendly: bool = True):
+def map_tasks(fn: Callable, *args, strategy: str = "auto", cpu_strategy: str = "vmap"):
     """``fn`` applied to each slice ``args[i]`` along the leading axis; outputs stacked."""
-    strategy = resolve_strategy(strategy, vmap_friendly)
+    strategy = resolve_strategy(strategy, cpu_strategy)
     n = num_tasks(*args)
     if strategy == "vmap":
         return jax.vmap(fn)(*args)

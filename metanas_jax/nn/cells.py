@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metanas_jax.nn.ops import ConvBN, FactorizedReduce, FastConv, Norm, SepConv, avg_pool, max_pool, subsample
+from metanas_jax.nn.fastconv import Conv
+from metanas_jax.nn.ops import ConvBN, FactorizedReduce, Norm, SepConv, avg_pool, max_pool, subsample
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.darts import Darts
 from metanas_jax.spaces.nb201 import NB201, NB201_EDGES
@@ -161,8 +162,8 @@ class _DartsBody(nn.Module):
     def run(self, x, cell_edge_ops, train):
         """``cell_edge_ops(reduction) -> edge_ops`` for each cell."""
         c = self.channels
-        # every DARTS convolution is a FastConv: the supernet vmaps over tasks on CPU too
-        stem = FastConv(c * self.stem_multiplier, 3, dtype=self.dtype, name="stem")(x)
+        # every DARTS convolution is a fastconv.Conv (im2col matmul on CPU for the stem)
+        stem = Conv(c * self.stem_multiplier, 3, use_bias=False, dtype=self.dtype, name="stem")(x)
         s0 = s1 = Norm(self.track, name="stem_norm")(stem, train)
         reduction_prev = False
         for i in range(self.cells):
@@ -204,6 +205,7 @@ class DartsSupernet(_DartsBody):
     edges); :meth:`unstack` gives them the compact network's names."""
 
     STACKED = ("edges", "edges_s2")
+    CPU_TASK_STRATEGY = "map"  # one compiled supernet copy, as fast as vmap here (meta.Learner)
 
     @nn.compact
     def __call__(self, x, weights, train: bool = True):

@@ -109,7 +109,9 @@ def _depthwise_shift_add(x, w, stride, padding, dilation):
 
 
 class Conv(nn.Module):
-    """Linen wrapper: ``kernel x kernel`` convolution (+ optional bias) via :func:`conv2d`."""
+    """Linen wrapper: ``kernel x kernel`` convolution (+ optional bias) via :func:`conv2d`,
+    with ``nn.Conv``'s parameter names and shapes (``groups`` as ``feature_group_count``).
+    ``dtype`` casts the input (bf16 compute); parameters stay float32."""
 
     features: int
     kernel: int | Sequence[int] = 3
@@ -117,13 +119,18 @@ class Conv(nn.Module):
     padding: str = "SAME"
     use_bias: bool = True
     impl: str = "auto"
+    dilation: int = 1
+    groups: int = 1
+    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x):
         kh, kw = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
-        w = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features),
-                       jnp.float32)
-        y = conv2d(x, w, self.stride, self.padding, self.impl)
+        w = self.param("kernel", nn.initializers.lecun_normal(),
+                       (kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        y = conv2d(x, w, self.stride, self.padding, self.impl, self.dilation, self.groups)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metanas_jax.nn.fastconv import conv2d
+from metanas_jax.nn.fastconv import Conv
 
 EPS = 1e-5
 
@@ -52,37 +52,17 @@ class Norm(nn.Module):
 
 
 def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None):
-    """A SAME convolution without bias. 1x1 and depthwise ones are :class:`FastConv`, the
-    rest ``nn.Conv`` (same parameters either way)."""
+    """A SAME convolution without bias, ``nn.Conv``'s parameters either way. 1x1 and
+    depthwise ones are :class:`~metanas_jax.nn.fastconv.Conv`: ``lax.conv`` on GPU/TPU; on
+    CPU a 1x1 convolution is one matmul and a depthwise one shifted multiply-adds (5x faster
+    than ``lax.conv``'s feature groups there, gradient included), and both stay fast under
+    ``vmap`` over per-task weights, where ``lax.conv`` becomes a slow grouped convolution."""
     if kernel == 1 and groups == 1 or groups > 1 and groups == features:
-        return FastConv(features, kernel, stride, dilation, groups, dtype, name=name)
+        return Conv(features, kernel, stride, use_bias=False, dilation=dilation, groups=groups,
+                    dtype=dtype, name=name)
     return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=dilation,
                    feature_group_count=groups, padding="SAME", use_bias=False, name=name,
                    dtype=dtype)
-
-
-class FastConv(nn.Module):
-    """``nn.Conv``'s parameters and function (SAME, no bias), computed by
-    :func:`~metanas_jax.nn.fastconv.conv2d`: ``lax.conv`` on GPU/TPU; on CPU a 1x1
-    convolution is one matmul and a depthwise one shifted multiply-adds (5x faster than
-    ``lax.conv``'s feature groups there, gradient included), and both stay fast under
-    ``vmap`` over per-task weights, where ``lax.conv`` becomes a slow grouped convolution.
-    Other convolutions become im2col matmuls on CPU (the DARTS stem uses that)."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    dilation: int = 1
-    groups: int = 1
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x):
-        shape = (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features)
-        w = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-        return conv2d(x, w, self.stride, "SAME", "auto", self.dilation, self.groups)
 
 
 class ConvBN(nn.Module):
