@@ -5,7 +5,9 @@ counters, small JSON-able results) at points of its own choosing and resumes fro
 latest one. Orbax writes each step to a temporary folder and renames it when complete, so
 a run killed at any moment (SIGKILL included) leaves either the previous or the new
 checkpoint, never a torn one. Typed PRNG keys are stored as their raw key data and
-re-wrapped on restore (:func:`to_saveable` / :func:`from_saveable`).
+re-wrapped on restore, and empty arrays (a fixed network's ``(0,)`` architecture encoding),
+which Orbax does not store, as their shape plus a one-element dtype probe
+(:func:`to_saveable` / :func:`from_saveable`).
 """
 from __future__ import annotations
 
@@ -18,24 +20,40 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 KEY_TAG = "__prng_key__"
+EMPTY_TAG = "__empty_shape__"
 
 
 def _is_key(x) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _saveable(x):
+    if _is_key(x):
+        return {KEY_TAG: np.asarray(jax.random.key_data(x))}
+    x = np.asarray(x)
+    if x.size == 0:
+        return {EMPTY_TAG: np.asarray(x.shape, np.int64), "dtype": np.zeros(1, x.dtype)}
+    return x
+
+
 def to_saveable(tree):
-    """Host numpy copy of ``tree``; typed PRNG keys become ``{KEY_TAG: key_data}``."""
-    return jax.tree.map(lambda x: {KEY_TAG: np.asarray(jax.random.key_data(x))} if _is_key(x)
-                        else np.asarray(x), tree)
+    """Host numpy copy of ``tree``; typed PRNG keys become ``{KEY_TAG: key_data}``, empty
+    arrays ``{EMPTY_TAG: shape, "dtype": one zero of their dtype}``."""
+    return jax.tree.map(_saveable, tree)
 
 
 def from_saveable(tree):
     """Inverse of :func:`to_saveable` (keys re-wrapped, arrays left on the host)."""
     def is_leaf(x):
-        return isinstance(x, dict) and set(x) == {KEY_TAG}
-    return jax.tree.map(lambda x: jax.random.wrap_key_data(jnp.asarray(x[KEY_TAG])) if is_leaf(x)
-                        else x, tree, is_leaf=is_leaf)
+        return isinstance(x, dict) and (set(x) == {KEY_TAG} or EMPTY_TAG in x)
+
+    def restore(x):
+        if not is_leaf(x):
+            return x
+        if KEY_TAG in x:
+            return jax.random.wrap_key_data(jnp.asarray(x[KEY_TAG]))
+        return np.zeros(tuple(int(n) for n in np.asarray(x[EMPTY_TAG])), np.asarray(x["dtype"]).dtype)
+    return jax.tree.map(restore, tree, is_leaf=is_leaf)
 
 
 class StageCheckpoints:
