@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -75,6 +76,56 @@ def build_learner(c, n_way):
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 
+def train_stage(name, learner, mcfg, state, step, sample, t, *, c, workdir, key):
+    """Meta-train ``state`` for ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a
+    workdir the result is checkpointed under ``workdir/name`` and a rerun restores it.
+    Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
+    ck = StageCheckpoints(Path(workdir) / name) if workdir else None
+    latest = ck.latest() if ck else None
+    if latest is not None:  # meta-trained before: restore
+        _, saved, rec = latest
+        if rec["config"] != jsonable(c.to_dict()):
+            raise ValueError(f"--workdir {workdir} holds a state meta-trained with another "
+                             f"config; use a new workdir")
+        state = jax.tree.unflatten(jax.tree.structure(state),
+                                   [jnp.asarray(x) for x in saved["leaves"]])
+        print(f"{name}: restored from {workdir} (skipping training)", flush=True)
+        return state, {"compile_s": rec["compile_s"], "train_s": rec["train_s"],
+                       "meta_steps": int(state.step), "history": rec["history"]}
+    t1 = time.time()
+    jax.block_until_ready(step.lower(state, sample(key)).compile())
+    compile_s = time.time() - t1
+    print(f"{name}: meta-step compiled in {compile_s:.1f}s (strategy "
+          f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
+    t2 = time.time()
+    state, history = meta.meta_train(step, state, sample, t.num_steps,
+                                     time_budget_s=t.time_budget_s, log_every=c.train.log_every,
+                                     log=lambda s: print(s, flush=True))
+    rec = {"compile_s": compile_s, "train_s": time.time() - t2, "meta_steps": int(state.step),
+           "history": history}
+    print(f"{name}: trained {rec['meta_steps']} meta-steps in {rec['train_s']:.0f}s", flush=True)
+    if ck:  # the meta-test can take as long as training on CPU: keep what it tests
+        ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
+                jsonable({"config": c.to_dict(), **rec}))
+    return state, rec
+
+
+def derive(c, learner, mcfg, state, sample_x):
+    """The second stage's learner, meta-config and state: the compact network of the
+    meta-architecture (``c.derive.model`` overrides its sizes), its weights inherited from
+    the supernet's meta-weights when ``c.derive.inherit`` (sizes unchanged), else fresh."""
+    arch = learner.space.decode(state.arch)
+    derived = meta.derived_learner(learner, arch, **c.derive.get("model", {}).to_dict())
+    dcfg = meta.MetaConfig.from_dict({**c.meta.to_dict(), **c.derive.meta.to_dict(),
+                                      "arch_update": "none"})
+    dstate = meta.init_state(derived, dcfg, jax.random.fold_in(jax.random.PRNGKey(c.train.seed), 1),
+                             sample_x)
+    if c.derive.inherit:
+        params = meta.inherited_params(derived, state.params, sample_x)
+        dstate = dstate.replace(params=params, opt_state=meta.meta_optimizer(dcfg).init(params))
+    return derived, dcfg, dstate
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
@@ -101,35 +152,22 @@ def main(argv=None):
     def sample(k):
         return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train, d.meta_batch)
 
-    ck = StageCheckpoints(Path(args.workdir) / "meta_state") if args.workdir else None
-    latest = ck.latest() if ck else None
-    if latest is not None:  # meta-trained before: only meta-test
-        _, saved, rec = latest
-        if rec["config"] != jsonable(c.to_dict()):
-            raise ValueError(f"--workdir {args.workdir} holds a state meta-trained with another "
-                             f"config; use a new workdir")
-        state = jax.tree.unflatten(jax.tree.structure(state),
-                                   [jnp.asarray(x) for x in saved["leaves"]])
-        compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
-        print(f"restored the meta-trained state from {args.workdir} (skipping training)", flush=True)
+    stage = functools.partial(train_stage, c=c, workdir=args.workdir, key=key)
+    state, search = stage("meta_state", learner, mcfg, state, step, sample, c.train)
+    if c.get("derive"):  # second stage: meta-train the derived cell's weights alone
+        learner, mcfg, state = derive(c, learner, mcfg, state, train_pool.images[0, : d.n_way * d.k_shot])
+        print(f"derived meta-architecture: {learner.module.arch}", flush=True)
+
+        def sample(k):
+            return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train,
+                                        c.derive.meta_batch)
+
+        state, final = stage("derived_state", learner, mcfg, state,
+                             meta.make_meta_step(learner, mcfg), sample, c.derive)
     else:
-        t1 = time.time()
-        jax.block_until_ready(step.lower(state, sample(key)).compile())
-        compile_s = time.time() - t1
-        print(f"meta-step compiled in {compile_s:.1f}s (strategy "
-              f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
-        t2 = time.time()
-        state, history = meta.meta_train(step, state, sample, c.train.num_steps,
-                                         time_budget_s=c.train.time_budget_s,
-                                         log_every=c.train.log_every,
-                                         log=lambda s: print(s, flush=True))
-        train_s = time.time() - t2
-        if ck:  # the meta-test can take as long as training on CPU: keep what it tests
-            ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
-                    jsonable({"config": c.to_dict(), "compile_s": compile_s, "train_s": train_s,
-                              "history": history}))
+        final = search
+    compile_s, train_s, history = final["compile_s"], final["train_s"], final["history"]
     steps_done = int(state.step)
-    print(f"trained {steps_done} meta-steps in {train_s:.0f}s", flush=True)
 
     t3 = time.time()
     res = meta.meta_test(learner, mcfg, state, test_pool, d.n_way, d.k_shot, d.n_query_test,
@@ -137,6 +175,9 @@ def main(argv=None):
     eval_s = time.time() - t3
     print(f"META-TEST {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
           f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
+    if c.get("derive"):
+        res["meta_arch"] = str(learner.module.arch)
+        res["meta_arch_json"] = learner.module.arch.to_json()
     if "arch_unique" in res:
         print(f"meta-architecture: {res['meta_arch']}\n{res['arch_unique']} distinct task "
               f"architectures, mean pairwise distance {res['arch_mean_pairwise_distance']:.2f} "
@@ -145,6 +186,7 @@ def main(argv=None):
     out = {"result": res, "config": c.to_dict(), "command": command, "compile_s": compile_s,
            "train_s": train_s, "meta_steps": steps_done, "eval_s": eval_s,
            "step_s": train_s / max(steps_done, 1), "history": history,
+           "search": search if c.get("derive") else None,
            "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count()}
     if args.out:
         with open(args.out, "w") as f:

@@ -120,3 +120,23 @@ def test_architecture_report_counts_differences():
     rep = meta.architecture_report(space, zs[0], jnp.stack([zs[0], moved]))
     assert rep["arch_unique"] == 2 and rep["arch_mean_pairwise_distance"] > 0
     assert rep["arch_fraction_equal_to_meta"] == 0.5
+
+
+def test_derived_learner_inherits_the_supernets_function():
+    """Second MetaNAS stage: the compact network of the meta-architecture, with weights cut
+    out of the supernet's, computes what the supernet computes with one-hot weights; size
+    overrides change the network; a fixed learner has nothing to derive from."""
+    space = spaces.get("darts", nodes=2)
+    sup = meta.supernet_learner(space, 3, channels=4, cells=3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
+    params, _ = sup.init(jax.random.PRNGKey(1), x)
+    z = jax.random.normal(jax.random.PRNGKey(2), (space.dim,))
+    derived = meta.derived_learner(sup, space.decode(z))
+    assert not derived.searches and (derived.module.channels, derived.module.cells) == (4, 3)
+    inherited = meta.inherited_params(derived, params, x)
+    want = sup.module.apply({"params": params}, x, space.relax(z, 0.0), train=True)
+    np.testing.assert_allclose(derived.apply(inherited, derived.init(jax.random.PRNGKey(3), x)[1], x),
+                               want, atol=1e-5)
+    assert meta.derived_learner(sup, space.decode(z), channels=2).module.channels == 2
+    with pytest.raises(ValueError, match="no search space"):
+        meta.derived_learner(tiny_conv4(), space.decode(z))

@@ -4,7 +4,8 @@ from metanas_jax.meta.config import ALGORITHMS, ARCH_UPDATES, MetaConfig, make_o
 from metanas_jax.meta.inner import adapt, loss_and_accuracy
 from metanas_jax.meta.evaluate import (architecture_report, confidence_interval, gene_distances,
                                        make_adapt_and_score, meta_test)
-from metanas_jax.meta.learner import Learner, conv4_learner, supernet_learner
+from metanas_jax.meta.learner import (Learner, conv4_learner, derived_learner, inherited_params,
+                                      supernet_learner)
 from metanas_jax.meta.loop import meta_train
 from metanas_jax.meta.outer import check_task_batch, make_meta_step, task_meta_gradient
 from metanas_jax.meta.state import MetaState, arch_optimizer, init_state, meta_optimizer
@@ -12,6 +13,7 @@ from metanas_jax.meta.tasks_map import STRATEGIES, map_tasks, resolve_strategy
 
 __all__ = ["ALGORITHMS", "ARCH_UPDATES", "MetaConfig", "make_optimizer", "adapt",
            "loss_and_accuracy", "Learner", "conv4_learner", "supernet_learner",
+           "derived_learner", "inherited_params",
            "check_task_batch", "make_meta_step", "task_meta_gradient", "MetaState",
            "arch_optimizer", "init_state", "meta_optimizer", "STRATEGIES", "map_tasks",
            "resolve_strategy", "architecture_report", "confidence_interval",

@@ -90,3 +90,33 @@ def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
     module = mnn.supernet(space, num_classes, **kw)
     return Learner(module, space, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"),
                    arch_init_scale=arch_init_scale, arch_init_center=arch_init_center)
+
+
+def derived_learner(learner: Learner, arch, **build_kw) -> Learner:
+    """The fixed-architecture learner of ``arch`` (e.g. the meta-architecture
+    ``learner.space.decode(state.arch)``): the compact network of ``nn.build`` with only the
+    chosen ops, batch statistics in batch norm (pure, as in the inner loop). It keeps the
+    supernet's class count and sizes (``channels``, ``cells``, ...) unless ``build_kw``
+    overrides them. Meta-training its weights after the search is the MetaNAS recipe's
+    second stage (DARTS' "train the derived cell"), at a fraction of the supernet's cost."""
+    from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
+
+    if not learner.searches:
+        raise ValueError("derived_learner: the learner has no search space to derive from")
+    sup = learner.module
+    fixed = {"space", "arch", "num_classes", "track", "parent", "name"}
+    fields = {f.name for f in dataclasses.fields(mnn.build(learner.space, arch, sup.num_classes))}
+    sizes = {k: getattr(sup, k) for k in fields - fixed if hasattr(sup, k)}
+    module = mnn.build(learner.space, arch, sup.num_classes, track=False, **{**sizes, **build_kw})
+    # compact cells use fastconv convolutions (matmuls on CPU), which vmap well over tasks
+    return Learner(module, None, cpu_strategy="vmap")
+
+
+def inherited_params(derived: Learner, supernet_params, sample_x):
+    """``derived``'s weights cut out of the supernet's meta-weights (each compact parameter
+    is the leading slice of the supernet's at the same path): the second stage starts from
+    the meta-learned weights instead of from scratch. With one-hot architecture weights the
+    supernet and the compact network compute the same function (tested)."""
+    from metanas_jax import nn as mnn
+
+    return mnn.extract(derived.module, {"params": supernet_params}, sample_x)["params"]
