@@ -4,6 +4,10 @@
         [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json \
         [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
 
+A config with a ``derive`` section (``omniglot_5w1s.py:darts_derived``) has two stages: the
+supernet's search (weights + architecture), then the derived cell's weights alone
+(``meta.derived_learner``); the meta-test then scores the derived cell.
+
 Prints training progress and the meta-test accuracy with its 95% interval over the
 config's fixed test episodes; writes a JSON with the result, the config, the timings and
 the command line (the README table is made from these files).
@@ -114,14 +118,18 @@ def derive(c, learner, mcfg, state, sample_x):
     """The second stage's learner, meta-config and state: the compact network of the
     meta-architecture (``c.derive.model`` overrides its sizes), its weights inherited from
     the supernet's meta-weights when ``c.derive.inherit`` (sizes unchanged), else fresh."""
-    arch = learner.space.decode(state.arch)
-    derived = meta.derived_learner(learner, arch, **c.derive.get("model", {}).to_dict())
-    dcfg = meta.MetaConfig.from_dict({**c.meta.to_dict(), **c.derive.meta.to_dict(),
+    spec = c.derive.to_dict()
+    derived = meta.derived_learner(learner, learner.space.decode(state.arch), **spec.get("model", {}))
+    dcfg = meta.MetaConfig.from_dict({**c.meta.to_dict(), **spec.get("meta", {}),
                                       "arch_update": "none"})
     dstate = meta.init_state(derived, dcfg, jax.random.fold_in(jax.random.PRNGKey(c.train.seed), 1),
                              sample_x)
     if c.derive.inherit:
-        params = meta.inherited_params(derived, state.params, sample_x)
+        try:
+            params = meta.inherited_params(derived, state.params, sample_x)
+        except ValueError as e:
+            raise ValueError(f"derive.inherit=True cuts the derived cell's weights out of the "
+                             f"supernet's, but {e}; set derive.inherit=False for fresh weights") from e
         dstate = dstate.replace(params=params, opt_state=meta.meta_optimizer(dcfg).init(params))
     return derived, dcfg, dstate
 
@@ -152,6 +160,8 @@ def main(argv=None):
     def sample(k):
         return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train, d.meta_batch)
 
+    if c.get("derive"):  # a bad derive section fails now, not after the search
+        derive(c, learner, mcfg, state, train_pool.images[0, : d.n_way * d.k_shot])
     stage = functools.partial(train_stage, c=c, workdir=args.workdir, key=key)
     state, search = stage("meta_state", learner, mcfg, state, step, sample, c.train)
     if c.get("derive"):  # second stage: meta-train the derived cell's weights alone
