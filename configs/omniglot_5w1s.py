@@ -53,7 +53,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     if model == "darts_derived":
         # two stages in the same hour: search with the supernet (weights + architecture),
         # then meta-train the derived cell's weights alone (inherited from the supernet),
-        # about 3x faster per step than the supernet on this CPU
+        # 6x faster per step than the supernet on this CPU (0.41 vs 2.5 s)
         c.train.time_budget_s = 25 * 60.0
         c.derive = ml_collections.ConfigDict(dict(
             num_steps=60000, time_budget_s=28 * 60.0, meta_batch=8, inherit=True,

@@ -133,6 +133,7 @@ def test_derived_learner_inherits_the_supernets_function():
     z = jax.random.normal(jax.random.PRNGKey(2), (space.dim,))
     derived = meta.derived_learner(sup, space.decode(z))
     assert not derived.searches and (derived.module.channels, derived.module.cells) == (4, 3)
+    assert derived.cpu_strategy == "vmap"  # fastconv convolutions throughout
     inherited = meta.inherited_params(derived, params, x)
     want = sup.module.apply({"params": params}, x, space.relax(z, 0.0), train=True)
     np.testing.assert_allclose(derived.apply(inherited, derived.init(jax.random.PRNGKey(3), x)[1], x),

@@ -108,8 +108,8 @@ def derived_learner(learner: Learner, arch, **build_kw) -> Learner:
     fields = {f.name for f in dataclasses.fields(mnn.build(learner.space, arch, sup.num_classes))}
     sizes = {k: getattr(sup, k) for k in fields - fixed if hasattr(sup, k)}
     module = mnn.build(learner.space, arch, sup.num_classes, track=False, **{**sizes, **build_kw})
-    # compact cells use fastconv convolutions (matmuls on CPU), which vmap well over tasks
-    return Learner(module, None, cpu_strategy="vmap")
+    # as supernet_learner: the module's CPU strategy, else unrolled (lax.conv is slow under vmap)
+    return Learner(module, None, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"))
 
 
 def inherited_params(derived: Learner, supernet_params, sample_x):

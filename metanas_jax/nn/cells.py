@@ -179,6 +179,9 @@ class _DartsBody(nn.Module):
 class DartsNet(_DartsBody):
     """Compact network of a DARTS genotype ``arch``."""
 
+    # every convolution is a fastconv one (matmuls / shifted multiply-adds on CPU), fast
+    # under vmap over per-task weights (meta-learning its weights: meta.derived_learner)
+    CPU_TASK_STRATEGY = "vmap"
     arch: Arch | None = None
 
     @nn.compact
