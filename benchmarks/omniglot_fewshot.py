@@ -80,10 +80,16 @@ def build_learner(c, n_way):
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 
-def train_stage(name, learner, mcfg, state, step, sample, t, *, c, workdir, key):
-    """Meta-train ``state`` for ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a
-    workdir the result is checkpointed under ``workdir/name`` and a rerun restores it.
+def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, key):
+    """Meta-train ``state`` on ``meta_batch`` episodes of ``pool`` per step, for
+    ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a workdir the result is
+    checkpointed under ``workdir/name`` and a rerun restores it instead of training.
     Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
+    d = c.data
+
+    def sample(k):
+        return data.sample_episodes(k, pool, d.n_way, d.k_shot, d.n_query_train, meta_batch)
+
     ck = StageCheckpoints(Path(workdir) / name) if workdir else None
     latest = ck.latest() if ck else None
     if latest is not None:  # meta-trained before: restore
@@ -93,25 +99,27 @@ def train_stage(name, learner, mcfg, state, step, sample, t, *, c, workdir, key)
                              f"config; use a new workdir")
         state = jax.tree.unflatten(jax.tree.structure(state),
                                    [jnp.asarray(x) for x in saved["leaves"]])
+        compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
         print(f"{name}: restored from {workdir} (skipping training)", flush=True)
-        return state, {"compile_s": rec["compile_s"], "train_s": rec["train_s"],
-                       "meta_steps": int(state.step), "history": rec["history"]}
-    t1 = time.time()
-    jax.block_until_ready(step.lower(state, sample(key)).compile())
-    compile_s = time.time() - t1
-    print(f"{name}: meta-step compiled in {compile_s:.1f}s (strategy "
-          f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
-    t2 = time.time()
-    state, history = meta.meta_train(step, state, sample, t.num_steps,
-                                     time_budget_s=t.time_budget_s, log_every=c.train.log_every,
-                                     log=lambda s: print(s, flush=True))
-    rec = {"compile_s": compile_s, "train_s": time.time() - t2, "meta_steps": int(state.step),
-           "history": history}
-    print(f"{name}: trained {rec['meta_steps']} meta-steps in {rec['train_s']:.0f}s", flush=True)
-    if ck:  # the meta-test can take as long as training on CPU: keep what it tests
-        ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
-                jsonable({"config": c.to_dict(), **rec}))
-    return state, rec
+    else:
+        step = meta.make_meta_step(learner, mcfg)
+        t1 = time.time()
+        jax.block_until_ready(step.lower(state, sample(key)).compile())
+        compile_s = time.time() - t1
+        print(f"{name}: meta-step compiled in {compile_s:.1f}s (strategy "
+              f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
+        t2 = time.time()
+        state, history = meta.meta_train(step, state, sample, t.num_steps,
+                                         time_budget_s=t.time_budget_s, log_every=c.train.log_every,
+                                         log=lambda s: print(s, flush=True))
+        train_s = time.time() - t2
+        print(f"{name}: trained {int(state.step)} meta-steps in {train_s:.0f}s", flush=True)
+        if ck:  # the meta-test can take as long as training on CPU: keep what it tests
+            ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
+                    jsonable({"config": c.to_dict(), "compile_s": compile_s, "train_s": train_s,
+                              "history": history}))
+    return state, {"compile_s": compile_s, "train_s": train_s, "meta_steps": int(state.step),
+                   "history": history}
 
 
 def derive(c, learner, mcfg, state, sample_x):
@@ -154,28 +162,18 @@ def main(argv=None):
     learner = build_learner(c.model, d.n_way)
     mcfg = meta.MetaConfig.from_dict(c.meta.to_dict())
     key = jax.random.PRNGKey(c.train.seed)
-    state = meta.init_state(learner, mcfg, key, train_pool.images[0, : d.n_way * d.k_shot])
-    step = meta.make_meta_step(learner, mcfg)
-
-    def sample(k):
-        return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train, d.meta_batch)
-
-    if c.get("derive"):  # a bad derive section fails now, not after the search
-        derive(c, learner, mcfg, state, train_pool.images[0, : d.n_way * d.k_shot])
-    stage = functools.partial(train_stage, c=c, workdir=args.workdir, key=key)
-    state, search = stage("meta_state", learner, mcfg, state, step, sample, c.train)
-    if c.get("derive"):  # second stage: meta-train the derived cell's weights alone
-        learner, mcfg, state = derive(c, learner, mcfg, state, train_pool.images[0, : d.n_way * d.k_shot])
+    sample_x = train_pool.images[0, : d.n_way * d.k_shot]  # one task's images, for shapes
+    state = meta.init_state(learner, mcfg, key, sample_x)
+    two_stage = bool(c.get("derive"))
+    if two_stage:  # a bad derive section fails now, not after the search
+        derive(c, learner, mcfg, state, sample_x)
+    stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key)
+    state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train)
+    final = search
+    if two_stage:  # second stage: meta-train the derived cell's weights alone
+        learner, mcfg, state = derive(c, learner, mcfg, state, sample_x)
         print(f"derived meta-architecture: {learner.module.arch}", flush=True)
-
-        def sample(k):
-            return data.sample_episodes(k, train_pool, d.n_way, d.k_shot, d.n_query_train,
-                                        c.derive.meta_batch)
-
-        state, final = stage("derived_state", learner, mcfg, state,
-                             meta.make_meta_step(learner, mcfg), sample, c.derive)
-    else:
-        final = search
+        state, final = stage("derived_state", learner, mcfg, state, c.derive.meta_batch, c.derive)
     compile_s, train_s, history = final["compile_s"], final["train_s"], final["history"]
     steps_done = int(state.step)
 
@@ -185,7 +183,7 @@ def main(argv=None):
     eval_s = time.time() - t3
     print(f"META-TEST {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
           f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
-    if c.get("derive"):
+    if two_stage:
         res["meta_arch"] = str(learner.module.arch)
         res["meta_arch_json"] = learner.module.arch.to_json()
     if "arch_unique" in res:
@@ -196,7 +194,7 @@ def main(argv=None):
     out = {"result": res, "config": c.to_dict(), "command": command, "compile_s": compile_s,
            "train_s": train_s, "meta_steps": steps_done, "eval_s": eval_s,
            "step_s": train_s / max(steps_done, 1), "history": history,
-           "search": search if c.get("derive") else None,
+           "search": search if two_stage else None,
            "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count()}
     if args.out:
         with open(args.out, "w") as f:
