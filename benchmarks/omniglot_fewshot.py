@@ -122,16 +122,23 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
                    "history": history}
 
 
-def derive(c, learner, mcfg, state, sample_x):
-    """The second stage's learner, meta-config and state: the compact network of the
-    meta-architecture (``c.derive.model`` overrides its sizes), its weights inherited from
-    the supernet's meta-weights when ``c.derive.inherit`` (sizes unchanged), else fresh."""
+def derived_stage(c, learner, arch, sample_x):
+    """The second stage's learner, meta-config and fresh state for ``arch``: the compact
+    network of the meta-architecture (``c.derive.model`` overrides its sizes), meta-trained
+    with ``c.meta`` updated by ``c.derive.meta`` (architecture fixed)."""
     spec = c.derive.to_dict()
-    derived = meta.derived_learner(learner, learner.space.decode(state.arch), **spec.get("model", {}))
+    derived = meta.derived_learner(learner, arch, **spec.get("model", {}))
     dcfg = meta.MetaConfig.from_dict({**c.meta.to_dict(), **spec.get("meta", {}),
                                       "arch_update": "none"})
     dstate = meta.init_state(derived, dcfg, jax.random.fold_in(jax.random.PRNGKey(c.train.seed), 1),
                              sample_x)
+    return derived, dcfg, dstate
+
+
+def derive(c, learner, state, sample_x):
+    """``derived_stage`` of the searched meta-architecture, its weights inherited from the
+    supernet's meta-weights when ``c.derive.inherit`` (sizes unchanged), else fresh."""
+    derived, dcfg, dstate = derived_stage(c, learner, learner.space.decode(state.arch), sample_x)
     if c.derive.inherit:
         try:
             params = meta.inherited_params(derived, state.params, sample_x)
@@ -166,12 +173,12 @@ def main(argv=None):
     state = meta.init_state(learner, mcfg, key, sample_x)
     two_stage = bool(c.get("derive"))
     if two_stage:  # a bad derive section fails now, not after the search
-        derive(c, learner, mcfg, state, sample_x)
+        derive(c, learner, state, sample_x)
     stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key)
     state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train)
     final = search
     if two_stage:  # second stage: meta-train the derived cell's weights alone
-        learner, mcfg, state = derive(c, learner, mcfg, state, sample_x)
+        learner, mcfg, state = derive(c, learner, state, sample_x)
         print(f"derived meta-architecture: {learner.module.arch}", flush=True)
         state, final = stage("derived_state", learner, mcfg, state, c.derive.meta_batch, c.derive)
     compile_s, train_s, history = final["compile_s"], final["train_s"], final["history"]
