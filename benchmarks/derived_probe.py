@@ -8,7 +8,7 @@ derived cell of a saved meta-architecture (fresh weights) for a short budget, th
 The architecture is ``result.meta_arch_json`` of an ``omniglot_fewshot.py`` result; the
 stage is the config's ``derive`` section with the ``--set`` overrides. The supernet's
 weights are not in the result, so ``derive.inherit`` is ignored: the weights start fresh
-(inheriting them measured no faster, see ``configs/omniglot_5w1s.py``). The meta-test
+(inherited ones learned hardly faster, see ``configs/omniglot_5w1s.py``). The meta-test
 uses the config's test episodes (the first ``--episodes`` of them), so probes compare on
 the same tasks; a short probe ranks settings, it does not predict the full stage's figure.
 """
