@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from metanas_jax import meta  # noqa: E402
 from metanas_jax.spaces import Arch  # noqa: E402
-from omniglot_fewshot import build_learner, build_pools, derived_stage, load_config, train_stage  # noqa: E402
+from omniglot_fewshot import (build_learner, build_pools, derived_stage, load_config,  # noqa: E402
+                              meta_test, train_stage)
 
 
 def main(argv=None):
@@ -56,8 +56,7 @@ def main(argv=None):
     state, rec = train_stage("derived_probe", learner, mcfg, state, c.derive.meta_batch, budget,
                              c=c, pool=train_pool, workdir=None, key=jax.random.PRNGKey(c.train.seed))
     t = time.time()
-    res = meta.meta_test(learner, mcfg, state, test_pool, d.n_way, d.k_shot, d.n_query_test,
-                         num_episodes=args.episodes, seed=c.eval.seed, batch_size=c.eval.batch_size)
+    res = meta_test(c, learner, mcfg, state, test_pool, args.episodes)
     curve = " ".join(f"{h['step']}:{h['accuracy']:.3f}" for h in rec["history"])
     print(f"command: python {' '.join([os.path.relpath(__file__)] + sys.argv[1:])}\n"
           f"derived cell {arch}\ncompile {rec['compile_s']:.0f}s, {rec['meta_steps']} meta-steps "

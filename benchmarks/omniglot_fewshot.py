@@ -149,6 +149,15 @@ def derive(c, learner, state, sample_x):
     return derived, dcfg, dstate
 
 
+def meta_test(c, learner, mcfg, state, pool, episodes=None):
+    """``meta.meta_test`` on the config's seeded test episodes (the first ``episodes`` of
+    them when given), so every run and probe of a config scores the same tasks."""
+    d = c.data
+    return meta.meta_test(learner, mcfg, state, pool, d.n_way, d.k_shot, d.n_query_test,
+                          num_episodes=episodes or c.eval.episodes, seed=c.eval.seed,
+                          batch_size=c.eval.batch_size)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
@@ -185,8 +194,7 @@ def main(argv=None):
     steps_done = int(state.step)
 
     t3 = time.time()
-    res = meta.meta_test(learner, mcfg, state, test_pool, d.n_way, d.k_shot, d.n_query_test,
-                         num_episodes=c.eval.episodes, seed=c.eval.seed, batch_size=c.eval.batch_size)
+    res = meta_test(c, learner, mcfg, state, test_pool)
     eval_s = time.time() - t3
     print(f"META-TEST {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
           f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
