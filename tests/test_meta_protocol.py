@@ -36,12 +36,40 @@ def test_map_tasks_strategies_agree():
 @pytest.mark.parametrize("field,value", [("algorithm", "maml2"), ("inner_steps", 0),
                                          ("inner_lr", -1.0), ("temp_end", 0.0),
                                          ("arch_update", "both"), ("meta_opt", "lbfgs"),
-                                         ("strategy", "pmap"), ("arch_warmup_steps", -1)])
+                                         ("strategy", "pmap"), ("arch_warmup_steps", -1),
+                                         ("meta_lr_schedule", "linear")])
 def test_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=field):
         meta.MetaConfig(**{field: value})
     with pytest.raises(ValueError, match="unknown field"):
         meta.MetaConfig.from_dict({"inner_stpes": 3})
+
+
+def test_cosine_meta_lr_starts_at_meta_lr_and_stops_after_decay_steps():
+    """The first meta-step is the constant-lr step; after ``meta_lr_decay_steps`` the
+    weights no longer move (the learning rate has reached zero)."""
+    learner = tiny_conv4()
+    tasks = toy_tasks(jax.random.PRNGKey(3), 2)
+    with pytest.raises(ValueError, match="meta_lr_decay_steps"):
+        meta.MetaConfig(meta_lr_schedule="cosine")
+    const = meta.MetaConfig(algorithm="fomaml", inner_steps=1, meta_lr=1e-2)
+    cos = const.replace(meta_lr_schedule="cosine", meta_lr_decay_steps=3)
+    states = {}
+    for name, cfg in (("const", const), ("cos", cos)):
+        state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), tasks.support_x[0])
+        step = meta.make_meta_step(learner, cfg)
+        trace = [state.params]
+        for _ in range(5):
+            state, _ = step(state, tasks)
+            trace.append(state.params)
+        states[name] = trace
+    leaves = lambda p: jax.tree_util.tree_leaves(p)
+    moved = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in zip(leaves(a), leaves(b)))
+    for x, y in zip(leaves(states["const"][1]), leaves(states["cos"][1])):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert moved(states["cos"][2], states["cos"][3]) > 0  # still decaying at step 3
+    assert moved(states["cos"][3], states["cos"][5]) == 0  # lr 0 from step 3 on
+    assert moved(states["const"][3], states["const"][5]) > 0
 
 
 def test_bad_task_batch_raises():
@@ -133,7 +161,7 @@ def test_derived_learner_inherits_the_supernets_function():
     z = jax.random.normal(jax.random.PRNGKey(2), (space.dim,))
     derived = meta.derived_learner(sup, space.decode(z))
     assert not derived.searches and (derived.module.channels, derived.module.cells) == (4, 3)
-    assert derived.cpu_strategy == "vmap"  # fastconv convolutions throughout
+    assert derived.cpu_strategy == "map"  # the compact cell's measured CPU choice
     inherited = meta.inherited_params(derived, params, x)
     want = sup.module.apply({"params": params}, x, space.relax(z, 0.0), train=True)
     np.testing.assert_allclose(derived.apply(inherited, derived.init(jax.random.PRNGKey(3), x)[1], x),

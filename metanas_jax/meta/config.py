@@ -10,6 +10,7 @@ import optax
 ALGORITHMS = ("maml", "fomaml", "reptile")
 ARCH_UPDATES = ("none", "joint", "alternating")
 OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,9 @@ class MetaConfig:
     Outer: ``algorithm`` gives the meta-gradient (second-order MAML, first-order MAML, or
     Reptile's ``theta - phi``), applied with ``meta_opt``/``meta_lr`` to the weights and
     Adam (``arch_meta_lr``, DARTS' beta1 = 0.5 and weight decay) to the architecture, which
-    stays frozen for the first ``arch_warmup_steps`` meta-steps.
+    stays frozen for the first ``arch_warmup_steps`` meta-steps. ``meta_lr_schedule``
+    ``cosine`` decays the weights' ``meta_lr`` to zero over ``meta_lr_decay_steps``
+    meta-steps (then holds it there), for runs whose length is known in steps.
     """
 
     algorithm: str = "maml"
@@ -41,6 +44,8 @@ class MetaConfig:
     temp_end: float = 1.0
     meta_lr: float = 1e-3
     meta_opt: str = "adam"
+    meta_lr_schedule: str = "constant"
+    meta_lr_decay_steps: int = 0
     arch_meta_lr: float = 0.0
     arch_weight_decay: float = 1e-3
     arch_warmup_steps: int = 0
@@ -59,10 +64,15 @@ class MetaConfig:
         for name in ("inner_opt", "arch_inner_opt", "meta_opt"):
             if getattr(self, name) not in OPTIMIZERS:
                 bad(name, f"must be one of {OPTIMIZERS}")
+        if self.meta_lr_schedule not in SCHEDULES:
+            bad("meta_lr_schedule", f"must be one of {SCHEDULES}")
+        if self.meta_lr_schedule != "constant" and int(self.meta_lr_decay_steps) < 1:
+            bad("meta_lr_decay_steps", f"must be >= 1 with meta_lr_schedule="
+                                       f"{self.meta_lr_schedule!r}")
         for name in ("inner_steps", "eval_inner_steps", "scan_unroll"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
-        for name in ("arch_inner_warmup", "arch_warmup_steps"):
+        for name in ("arch_inner_warmup", "arch_warmup_steps", "meta_lr_decay_steps"):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")
         for name in ("inner_lr", "arch_inner_lr", "meta_lr", "arch_meta_lr", "arch_weight_decay",
@@ -89,6 +99,12 @@ class MetaConfig:
     def replace(self, **kw) -> "MetaConfig":
         return dataclasses.replace(self, **kw)
 
+    def meta_lr_or_schedule(self) -> float | optax.Schedule:
+        """The weights' outer learning rate: ``meta_lr``, or its schedule over meta-steps."""
+        if self.meta_lr_schedule == "cosine":
+            return optax.cosine_decay_schedule(self.meta_lr, int(self.meta_lr_decay_steps))
+        return self.meta_lr
+
     def temperatures(self, steps: int) -> np.ndarray:
         """Per-inner-step temperature: geometric from ``temp_start`` to ``temp_end``."""
         if steps == 1:
@@ -96,7 +112,7 @@ class MetaConfig:
         return np.geomspace(self.temp_start, self.temp_end, steps).astype(np.float32)
 
 
-def make_optimizer(name: str, lr: float, **kw) -> optax.GradientTransformation:
+def make_optimizer(name: str, lr: float | optax.Schedule, **kw) -> optax.GradientTransformation:
     """SGD / SGD+momentum / Adam. Adam gets ``eps_root`` so second-order MAML through it
     never differentiates ``sqrt`` at zero."""
     if name == "sgd":

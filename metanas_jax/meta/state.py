@@ -23,7 +23,7 @@ class MetaState:
 
 
 def meta_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
-    opt = make_optimizer(cfg.meta_opt, cfg.meta_lr)
+    opt = make_optimizer(cfg.meta_opt, cfg.meta_lr_or_schedule())
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
 
 
