@@ -35,7 +35,8 @@ def main(argv=None):
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg] with a derive section")
     ap.add_argument("--arch-from", required=True, help="result JSON of omniglot_fewshot.py")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. derive.meta.meta_lr=0.003")
-    ap.add_argument("--budget", type=float, default=240.0, help="meta-training seconds")
+    ap.add_argument("--budget", type=float, default=240.0,
+                    help="meta-training seconds (or derive.num_steps meta-steps, if fewer)")
     ap.add_argument("--episodes", type=int, default=200, help="meta-test episodes")
     args = ap.parse_args(argv)
     c = load_config(args.config, args.set)
@@ -52,7 +53,8 @@ def main(argv=None):
     d = c.data
     sample_x = train_pool.images[0, : d.n_way * d.k_shot]
     learner, mcfg, state = derived_stage(c, build_learner(c.model, d.n_way), arch, sample_x)
-    budget = ml_collections.ConfigDict(dict(num_steps=10**9, time_budget_s=args.budget))
+    budget = ml_collections.ConfigDict(dict(num_steps=c.derive.num_steps,
+                                            time_budget_s=args.budget))
     state, rec = train_stage("derived_probe", learner, mcfg, state, c.derive.meta_batch, budget,
                              c=c, pool=train_pool, workdir=None, key=jax.random.PRNGKey(c.train.seed))
     t = time.time()

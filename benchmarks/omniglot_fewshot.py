@@ -80,10 +80,12 @@ def build_learner(c, n_way):
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 
-def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, key):
+def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, key,
+                ignore=("eval",)):
     """Meta-train ``state`` on ``meta_batch`` episodes of ``pool`` per step, for
     ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a workdir the result is
-    checkpointed under ``workdir/name`` and a rerun restores it instead of training.
+    checkpointed under ``workdir/name`` and a rerun restores it instead of training, if the
+    config agrees outside the ``ignore`` sections (those this stage does not depend on).
     Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
     d = c.data
 
@@ -94,9 +96,10 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
     latest = ck.latest() if ck else None
     if latest is not None:  # meta-trained before: restore
         _, saved, rec = latest
-        if rec["config"] != jsonable(c.to_dict()):
-            raise ValueError(f"--workdir {workdir} holds a state meta-trained with another "
-                             f"config; use a new workdir")
+        relevant = lambda cfg: {k: v for k, v in cfg.items() if k not in ignore}
+        if relevant(rec["config"]) != relevant(jsonable(c.to_dict())):
+            raise ValueError(f"--workdir {workdir}: its {name} was meta-trained with another "
+                             f"config (outside {', '.join(ignore)}); use a new workdir")
         state = jax.tree.unflatten(jax.tree.structure(state),
                                    [jnp.asarray(x) for x in saved["leaves"]])
         compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
@@ -184,7 +187,10 @@ def main(argv=None):
     if two_stage:  # a bad derive section fails now, not after the search
         derive(c, learner, state, sample_x)
     stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key)
-    state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train)
+    # the search does not depend on the second stage: a workdir's search is reused when
+    # only the derive section changed
+    state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train,
+                          ignore=("eval", "derive"))
     final = search
     if two_stage:  # second stage: meta-train the derived cell's weights alone
         learner, mcfg, state = derive(c, learner, state, sample_x)
