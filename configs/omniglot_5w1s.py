@@ -61,7 +61,8 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # benchmarks/README.md): 84.8% vs 79.2% at 1e-3, 83.2% at 1e-2, 83.9% at 16 channels.
         # At a constant 3e-3 the query accuracy stopped rising over the last third of the
         # stage, so the meta-lr follows a cosine to zero over the stage's 6,000 steps (MAML++'s
-        # cosine annealing of the meta-optimiser); the time budget only caps the stage.
+        # cosine annealing of the meta-optimiser); the time budget only caps the stage. It
+        # measured even (91.85% vs 91.86% at constant 3e-3 for 40 min) in 4 minutes less.
         c.train.time_budget_s = 15 * 60.0
         c.derive = ml_collections.ConfigDict(dict(
             num_steps=6000, time_budget_s=40 * 60.0, meta_batch=8, inherit=True,
