@@ -181,9 +181,8 @@ class DartsNet(_DartsBody):
 
     # every convolution is a fastconv one (matmuls / shifted multiply-adds on CPU); tasks
     # run one after another (lax.map) when meta-learning its weights (meta.derived_learner):
-    # FOMAML meta-batch 8 on an 8-channel Omniglot cell, 0.37-0.40 s per step vs 0.53 s
-    # vmapped (the vmapped step's working set of 8 tasks outgrows the cache), and it
-    # compiles faster (benchmarks/README.md, Omniglot section)
+    # FOMAML meta-batch 8 on an 8-channel Omniglot cell, 0.37-0.40 s per step vs 0.50-0.54 s
+    # vmapped in three paired runs, and it compiles faster (benchmarks/README.md, Omniglot section)
     CPU_TASK_STRATEGY = "map"
     arch: Arch | None = None
 
