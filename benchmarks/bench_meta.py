@@ -1,12 +1,14 @@
 """Meta-step and compile time per model, algorithm, meta-batch and execution strategy.
 
     python benchmarks/bench_meta.py --models conv4 --algorithms maml,fomaml,reptile \
-        --meta-batch 16,32 --variants matmul:vmap,xla:vmap,xla:unroll,xla:map
+        --meta-batch 16,32 --variants matmul:vmap,xla:vmap,xla:unroll,xla:map \
+        [--scan-unroll auto,1]
 
 A variant is ``conv_impl:task_strategy`` (conv_impl only affects conv4; the DARTS
 supernet uses flax convolutions). Times are wall-clock on synthetic episodes of the
 configured shape (timing depends on shapes only): compile = lower + compile of the jitted
-meta-step; step = mean of ``--repeats`` steps after one warm-up step. Prints one row per
+meta-step; step = mean of ``--repeats`` steps after one warm-up step. ``--scan-unroll``
+values are ``MetaConfig.scan_unroll``'s (the inner loop's unroll; ``auto`` is the default). Prints one row per
 setting and the command that reproduces it; ``--json`` saves the rows.
 """
 from __future__ import annotations
@@ -45,10 +47,10 @@ def learner_for(args, model, impl):
     raise ValueError(f"unknown model {model!r}; known: conv4, darts")
 
 
-def bench_one(args, model, algorithm, tasks, impl, strategy):
+def bench_one(args, model, algorithm, tasks, impl, strategy, unroll="auto"):
     learner = learner_for(args, model, impl)
     cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=args.inner_steps, inner_lr=0.1,
-                          strategy=strategy,
+                          strategy=strategy, scan_unroll=unroll,
                           **({"arch_update": "alternating", "arch_inner_lr": 0.1,
                               "arch_meta_lr": 3e-4} if learner.searches else {}))
     batch = episodes(jax.random.PRNGKey(0), tasks, args.n_way, args.k_shot, args.n_query,
@@ -68,7 +70,7 @@ def bench_one(args, model, algorithm, tasks, impl, strategy):
     return {"model": model, "algorithm": algorithm, "meta_batch": tasks,
             "conv_impl": impl if model == "conv4" else "flax",
             "strategy": meta.resolve_strategy(strategy, learner.cpu_strategy),
-            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
+            "scan_unroll": unroll, "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
             "loss": float(m["loss"])}
 
 
@@ -89,12 +91,15 @@ def main(argv=None):
     ap.add_argument("--darts-channels", type=int, default=8)
     ap.add_argument("--darts-cells", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scan-unroll", default="auto", help="comma list of auto or ints >= 1")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
     print(f"# {command}\n# backend {jax.default_backend()}, jax {jax.__version__}, "
           f"{os.cpu_count()} CPUs", flush=True)
-    print("model  algorithm  meta_batch  conv_impl  strategy  compile_s  step_s", flush=True)
+    print("model  algorithm  meta_batch  conv_impl  strategy  scan_unroll  compile_s  step_s",
+          flush=True)
+    unrolls = [u if u == "auto" else int(u) for u in args.scan_unroll.split(",")]
     rows = []
     for model in args.models.split(","):
         variants = args.variants.split(",")
@@ -104,10 +109,12 @@ def main(argv=None):
             for tasks in (int(t) for t in args.meta_batch.split(",")):
                 for v in variants:
                     impl, _, strategy = v.partition(":")
-                    r = bench_one(args, model, algorithm, tasks, impl, strategy)
-                    rows.append(r)
-                    print(f"{r['model']}  {r['algorithm']}  {r['meta_batch']}  {r['conv_impl']}  "
-                          f"{r['strategy']}  {r['compile_s']}  {r['step_s']}", flush=True)
+                    for unroll in unrolls:
+                        r = bench_one(args, model, algorithm, tasks, impl, strategy, unroll)
+                        rows.append(r)
+                        print(f"{r['model']}  {r['algorithm']}  {r['meta_batch']}  "
+                              f"{r['conv_impl']}  {r['strategy']}  {r['scan_unroll']}  "
+                              f"{r['compile_s']}  {r['step_s']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "backend": jax.default_backend(), "rows": rows,

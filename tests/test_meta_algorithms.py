@@ -125,6 +125,23 @@ def test_maml_gradient_matches_finite_differences(searching):
 
 
 
+def test_unrolled_inner_loop_gives_the_rolled_meta_gradient():
+    """``scan_unroll="auto"`` unrolls a fixed network's inner loop (a speed choice): the
+    second-order meta-gradient is the rolled scan's."""
+    learner = tiny_conv4()
+    t = toy_tasks(jax.random.PRNGKey(3), 1)
+    sx, sy, qx, qy = (a[0] for a in t)
+    params, z = learner.init(jax.random.PRNGKey(4), sx)
+    g = {}
+    for unroll, shown in (("auto", "unroll=3"), (1, "unroll=1")):
+        cfg = meta.MetaConfig(algorithm="maml", inner_steps=3, inner_lr=0.1, scan_unroll=unroll)
+        assert shown in str(jax.make_jaxpr(lambda p: meta.adapt(learner, cfg, p, z, sx, sy))(params))
+        g[unroll] = jax.jit(lambda p: meta.task_meta_gradient(
+            learner, cfg, p, z, sx, sy, qx, qy, True)[0])(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g["auto"]), jax.tree_util.tree_leaves(g[1])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("algorithm,meta_opt,meta_lr", [("fomaml", "adam", 3e-3),
                                                        ("reptile", "sgd", 0.5)])
 def test_first_order_and_reptile_reduce_meta_loss(algorithm, meta_opt, meta_lr):

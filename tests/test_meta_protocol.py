@@ -37,7 +37,8 @@ def test_map_tasks_strategies_agree():
                                          ("inner_lr", -1.0), ("temp_end", 0.0),
                                          ("arch_update", "both"), ("meta_opt", "lbfgs"),
                                          ("strategy", "pmap"), ("arch_warmup_steps", -1),
-                                         ("meta_lr_schedule", "linear")])
+                                         ("meta_lr_schedule", "linear"), ("scan_unroll", 0),
+                                         ("scan_unroll", "full")])
 def test_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=field):
         meta.MetaConfig(**{field: value})

@@ -29,6 +29,10 @@ class MetaConfig:
     stays frozen for the first ``arch_warmup_steps`` meta-steps. ``meta_lr_schedule``
     ``cosine`` decays the weights' ``meta_lr`` to zero over ``meta_lr_decay_steps``
     meta-steps (then holds it there), for runs whose length is known in steps.
+    ``scan_unroll`` is ``lax.scan``'s unroll of the inner loop; ``"auto"`` unrolls every
+    step of a fixed network (conv4 second-order MAML mb16 on the CPU: 2.70 vs 3.55 s per
+    meta-step, one more second of compile) and none of a supernet, whose copies cost
+    minutes of compile each.
     """
 
     algorithm: str = "maml"
@@ -51,7 +55,7 @@ class MetaConfig:
     arch_warmup_steps: int = 0
     grad_clip: float = 0.0
     strategy: str = "auto"
-    scan_unroll: int = 1
+    scan_unroll: int | str = "auto"
 
     def __post_init__(self):
         def bad(name, why):
@@ -69,9 +73,12 @@ class MetaConfig:
         if self.meta_lr_schedule != "constant" and int(self.meta_lr_decay_steps) < 1:
             bad("meta_lr_decay_steps", f"must be >= 1 with meta_lr_schedule="
                                        f"{self.meta_lr_schedule!r}")
-        for name in ("inner_steps", "eval_inner_steps", "scan_unroll"):
+        for name in ("inner_steps", "eval_inner_steps"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
+        if self.scan_unroll != "auto" and (isinstance(self.scan_unroll, (bool, str))
+                                           or int(self.scan_unroll) < 1):
+            bad("scan_unroll", "must be 'auto' or an int >= 1")
         for name in ("arch_inner_warmup", "arch_warmup_steps", "meta_lr_decay_steps"):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")

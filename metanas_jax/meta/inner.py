@@ -1,8 +1,9 @@
 """Inner loop: adapt weights (and optionally the architecture) to one task's support set.
 
-Written with ``lax.scan`` over inner steps, so its size in the compiled program does not
-grow with the number of steps, and it is differentiable end to end (second-order MAML
-differentiates the whole scan).
+Written with ``lax.scan`` over inner steps, differentiable end to end (second-order MAML
+differentiates the whole scan). A supernet's scan is rolled, so its size in the compiled
+program does not grow with the number of steps; a fixed network's is unrolled (faster,
+and it compiles in seconds), see ``MetaConfig.scan_unroll``.
 """
 from __future__ import annotations
 
@@ -66,5 +67,6 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
         return (p, a, ws, as_), loss
 
     carry = (params, z, w_opt.init(params), a_opt.init(z))
-    (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on), unroll=cfg.scan_unroll)
+    unroll = cfg.scan_unroll if cfg.scan_unroll != "auto" else (1 if learner.searches else steps)
+    (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on), unroll=unroll)
     return params, z, losses
