@@ -8,8 +8,8 @@ A variant is ``conv_impl:task_strategy`` (conv_impl only affects conv4; the DART
 supernet uses flax convolutions). Times are wall-clock on synthetic episodes of the
 configured shape (timing depends on shapes only): compile = lower + compile of the jitted
 meta-step; step = mean of ``--repeats`` steps after one warm-up step. ``--scan-unroll``
-values are ``MetaConfig.scan_unroll``'s (the inner loop's unroll; ``auto`` is the default). Prints one row per
-setting and the command that reproduces it; ``--json`` saves the rows.
+values are ``MetaConfig.scan_unroll``'s (the inner loop's unroll; ``auto`` is the default).
+Prints one row per setting and the command that reproduces it; ``--json`` saves the rows.
 """
 from __future__ import annotations
 

@@ -59,10 +59,11 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # so what the search hands on is the architecture, and the derived cell is built at
         # 16 channels, twice the supernet's 8 (at 8, inherited weights: training query
         # accuracy 0.93 and meta-test 91.85% after 6,000 steps; at 16: 0.95 and 92.78% after
-        # the 4,144 steps the 40 minutes allowed). Stage 2's meta-lr 3e-3 won 4-minute probes of the derived cell
-        # (benchmarks/derived_probe.py; table in benchmarks/README.md): 84.8% vs 79.2% at
-        # 1e-3, 83.2% at 1e-2. It follows a cosine to zero over the stage's steps (MAML++'s
-        # cosine annealing of the meta-optimiser); the time budget only caps the stage.
+        # the 4,144 steps the 40 minutes allowed). Stage 2's meta-lr 3e-3 won 4-minute
+        # probes of the derived cell (benchmarks/derived_probe.py; table in
+        # benchmarks/README.md): 84.8% vs 79.2% at 1e-3, 83.2% at 1e-2. It follows a cosine
+        # to zero over the stage's steps (MAML++'s cosine annealing of the meta-optimiser);
+        # the time budget only caps the stage.
         c.train.time_budget_s = 15 * 60.0
         steps = 4400
         c.derive = ml_collections.ConfigDict(dict(

@@ -123,8 +123,6 @@ def test_maml_gradient_matches_finite_differences(searching):
             assert float(jnp.linalg.norm(g2[1])) > 1e-6
 
 
-
-
 def test_unrolled_inner_loop_gives_the_rolled_meta_gradient():
     """``scan_unroll="auto"`` unrolls a fixed network's inner loop (a speed choice): the
     second-order meta-gradient is the rolled scan's."""
