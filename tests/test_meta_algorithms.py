@@ -133,7 +133,8 @@ def test_unrolled_inner_loop_gives_the_rolled_meta_gradient():
     g = {}
     for unroll, shown in (("auto", "unroll=3"), (1, "unroll=1")):
         cfg = meta.MetaConfig(algorithm="maml", inner_steps=3, inner_lr=0.1, scan_unroll=unroll)
-        assert shown in str(jax.make_jaxpr(lambda p: meta.adapt(learner, cfg, p, z, sx, sy))(params))
+        jaxpr = jax.make_jaxpr(lambda p: meta.adapt(learner, cfg, p, z, sx, sy))(params)
+        assert shown in str(jaxpr)
         g[unroll] = jax.jit(lambda p: meta.task_meta_gradient(
             learner, cfg, p, z, sx, sy, qx, qy, True)[0])(params)
     for a, b in zip(jax.tree_util.tree_leaves(g["auto"]), jax.tree_util.tree_leaves(g[1])):

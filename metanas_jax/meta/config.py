@@ -31,8 +31,8 @@ class MetaConfig:
     meta-steps (then holds it there), for runs whose length is known in steps.
     ``scan_unroll`` is ``lax.scan``'s unroll of the inner loop; ``"auto"`` unrolls every
     step of a fixed network (conv4 second-order MAML mb16 on a 2-core CPU: 2.49-2.54 vs
-    2.98-3.09 s per meta-step, 1.5 s more compile; benchmarks/bench_meta.py --scan-unroll) and none of a supernet, whose copies cost
-    minutes of compile each.
+    2.98-3.09 s per meta-step, 1.5 s more compile; ``benchmarks/bench_meta.py
+    --scan-unroll``) and none of a supernet, whose copies cost minutes of compile each.
     """
 
     algorithm: str = "maml"
