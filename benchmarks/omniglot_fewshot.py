@@ -76,7 +76,8 @@ def build_learner(c, n_way):
                                   conv_impl=c.conv_impl)
     if c.name == "darts":
         return meta.supernet_learner(spaces.get("darts", nodes=c.get("nodes", 4)), n_way,
-                                     channels=c.channels, cells=c.cells)
+                                     channels=c.channels, cells=c.cells,
+                                     stem_stride=c.get("stem_stride", 1))
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 

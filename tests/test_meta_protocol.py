@@ -154,14 +154,22 @@ def test_architecture_report_counts_differences():
 def test_derived_learner_inherits_the_supernets_function():
     """Second MetaNAS stage: the compact network of the meta-architecture, with weights cut
     out of the supernet's, computes what the supernet computes with one-hot weights; size
-    overrides change the network; a fixed learner has nothing to derive from."""
+    overrides change the network; a fixed learner has nothing to derive from. A stride-2
+    stem (the Omniglot config's) is kept by the derived network and halves the resolution."""
     space = spaces.get("darts", nodes=2)
-    sup = meta.supernet_learner(space, 3, channels=4, cells=3)
+    sup = meta.supernet_learner(space, 3, channels=4, cells=3, stem_stride=2)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
     params, _ = sup.init(jax.random.PRNGKey(1), x)
     z = jax.random.normal(jax.random.PRNGKey(2), (space.dim,))
     derived = meta.derived_learner(sup, space.decode(z))
     assert not derived.searches and (derived.module.channels, derived.module.cells) == (4, 3)
+    assert derived.module.stem_stride == 2
+    _, seen = derived.module.apply({"params": derived.init(jax.random.PRNGKey(3), x)[0]}, x,
+                                   capture_intermediates=True)
+    assert seen["intermediates"]["stem"]["__call__"][0].shape == (3, 4, 4, 12)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
+        meta.supernet_learner(space, 3, channels=4, cells=3, stem_stride=3).init(
+            jax.random.PRNGKey(1), x)
     assert derived.cpu_strategy == "map"  # the compact cell's measured CPU choice
     inherited = meta.inherited_params(derived, params, x)
     want = sup.module.apply({"params": params}, x, space.relax(z, 0.0), train=True)
