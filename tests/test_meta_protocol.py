@@ -167,8 +167,8 @@ def test_derived_learner_inherits_the_supernets_function():
     _, seen = derived.module.apply({"params": derived.init(jax.random.PRNGKey(3), x)[0]}, x,
                                    capture_intermediates=True)
     assert seen["intermediates"]["stem"]["__call__"][0].shape == (3, 4, 4, 12)
-    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
-        meta.supernet_learner(space, 3, channels=4, cells=3, stem_stride=3).init(
+    with pytest.raises(ValueError, match="stem_stride must be an int >= 1, got 0"):
+        meta.supernet_learner(space, 3, channels=4, cells=3, stem_stride=0).init(
             jax.random.PRNGKey(1), x)
     assert derived.cpu_strategy == "map"  # the compact cell's measured CPU choice
     inherited = meta.inherited_params(derived, params, x)

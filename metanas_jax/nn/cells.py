@@ -164,8 +164,8 @@ class _DartsBody(nn.Module):
 
     def run(self, x, cell_edge_ops, train):
         """``cell_edge_ops(reduction) -> edge_ops`` for each cell."""
-        if self.stem_stride not in (1, 2):
-            raise ValueError(f"darts: stem_stride must be 1 or 2, got {self.stem_stride!r}")
+        if not isinstance(self.stem_stride, int) or self.stem_stride < 1:
+            raise ValueError(f"darts: stem_stride must be an int >= 1, got {self.stem_stride!r}")
         c = self.channels
         # every DARTS convolution is a fastconv.Conv (im2col matmul on CPU for the stem)
         stem = Conv(c * self.stem_multiplier, 3, stride=self.stem_stride, use_bias=False,
