@@ -94,12 +94,15 @@ def main(argv=None):
     ap.add_argument("--scan-unroll", default="auto", help="comma list of auto or ints >= 1")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    try:
+        unrolls = [u if u == "auto" else int(u) for u in args.scan_unroll.split(",")]
+    except ValueError:
+        ap.error(f"--scan-unroll wants 'auto' or ints >= 1, got {args.scan_unroll!r}")
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
     print(f"# {command}\n# backend {jax.default_backend()}, jax {jax.__version__}, "
           f"{os.cpu_count()} CPUs", flush=True)
     print("model  algorithm  meta_batch  conv_impl  strategy  scan_unroll  compile_s  step_s",
           flush=True)
-    unrolls = [u if u == "auto" else int(u) for u in args.scan_unroll.split(",")]
     rows = []
     for model in args.models.split(","):
         variants = args.variants.split(",")
