@@ -23,7 +23,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 
 from metanas_jax.spaces import Arch  # noqa: E402
 from omniglot_fewshot import (build_learner, build_pools, derived_stage, load_config,  # noqa: E402
@@ -53,8 +52,8 @@ def main(argv=None):
     d = c.data
     sample_x = train_pool.images[0, : d.n_way * d.k_shot]
     learner, mcfg, state = derived_stage(c, build_learner(c.model, d.n_way), arch, sample_x)
-    budget = ml_collections.ConfigDict(dict(num_steps=c.derive.num_steps,
-                                            time_budget_s=args.budget))
+    budget = c.derive.copy_and_resolve_references()
+    budget.time_budget_s = args.budget
     state, rec = train_stage("derived_probe", learner, mcfg, state, c.derive.meta_batch, budget,
                              c=c, pool=train_pool, workdir=None, key=jax.random.PRNGKey(c.train.seed))
     t = time.time()

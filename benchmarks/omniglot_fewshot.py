@@ -3,6 +3,9 @@
     python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
         [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json \
         [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
+    # choose evaluation settings on the validation classes, not the test classes:
+    python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run --set eval.split=val \
+        --set eval.inner_steps=5
 
 A config with a ``derive`` section (``omniglot_5w1s.py:darts_derived``) has two stages: the
 supernet's search (weights + architecture), then the derived cell's weights alone
@@ -87,11 +90,14 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
     ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a workdir the result is
     checkpointed under ``workdir/name`` and a rerun restores it instead of training, if the
     config agrees outside the ``ignore`` sections (those this stage does not depend on).
+    ``t.n_query_train``, when the stage section has it, overrides ``c.data``'s query images
+    per class for this stage's training episodes.
     Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
     d = c.data
+    n_query = t.get("n_query_train", d.n_query_train)
 
     def sample(k):
-        return data.sample_episodes(k, pool, d.n_way, d.k_shot, d.n_query_train, meta_batch)
+        return data.sample_episodes(k, pool, d.n_way, d.k_shot, n_query, meta_batch)
 
     ck = StageCheckpoints(Path(workdir) / name) if workdir else None
     latest = ck.latest() if ck else None
@@ -155,11 +161,22 @@ def derive(c, learner, state, sample_x):
 
 def meta_test(c, learner, mcfg, state, pool, episodes=None):
     """``meta.meta_test`` on the config's seeded test episodes (the first ``episodes`` of
-    them when given), so every run and probe of a config scores the same tasks."""
+    them when given), so every run and probe of a config scores the same tasks.
+    ``c.eval.inner_steps``, when set, overrides the meta-config's ``eval_inner_steps``."""
     d = c.data
     return meta.meta_test(learner, mcfg, state, pool, d.n_way, d.k_shot, d.n_query_test,
                           num_episodes=episodes or c.eval.episodes, seed=c.eval.seed,
-                          batch_size=c.eval.batch_size)
+                          batch_size=c.eval.batch_size, steps=c.eval.get("inner_steps"))
+
+
+def eval_pool(c, val_pool, test_pool):
+    """The pool ``c.eval.split`` names: ``"test"`` (the default, what results report) or
+    ``"val"``, the validation pool (Omniglot: the last 100 meta-training characters, see
+    ``data.omniglot_splits``), for choosing evaluation settings without the test classes."""
+    split = c.eval.get("split", "test")
+    if split not in ("test", "val"):
+        raise ValueError(f"eval.split must be 'test' or 'val', got {split!r}")
+    return test_pool if split == "test" else val_pool
 
 
 def main(argv=None):
@@ -176,8 +193,10 @@ def main(argv=None):
     print(c, flush=True)
 
     t0 = time.time()
-    train_pool, _, test_pool = build_pools(c.data)
-    print(f"pools: train {train_pool}, test {test_pool} ({time.time() - t0:.1f}s)", flush=True)
+    train_pool, val_pool, test_pool = build_pools(c.data)
+    test_pool = eval_pool(c, val_pool, test_pool)
+    print(f"pools: train {train_pool}, {c.eval.get('split', 'test')} {test_pool} "
+          f"({time.time() - t0:.1f}s)", flush=True)
     d = c.data
     learner = build_learner(c.model, d.n_way)
     mcfg = meta.MetaConfig.from_dict(c.meta.to_dict())
@@ -203,7 +222,7 @@ def main(argv=None):
     t3 = time.time()
     res = meta_test(c, learner, mcfg, state, test_pool)
     eval_s = time.time() - t3
-    print(f"META-TEST {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
+    print(f"META-TEST ({c.eval.get('split', 'test')} classes) {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
           f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
     if two_stage:
         res["meta_arch"] = str(learner.module.arch)
