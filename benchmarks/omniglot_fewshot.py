@@ -3,7 +3,7 @@
     python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
         [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json \
         [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
-    # choose evaluation settings on the validation classes, not the test classes:
+    # choose evaluation settings on the validation pool, not the test classes:
     python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run --set eval.split=val \
         --set eval.inner_steps=5
 
@@ -194,8 +194,8 @@ def main(argv=None):
 
     t0 = time.time()
     train_pool, val_pool, test_pool = build_pools(c.data)
-    test_pool = eval_pool(c, val_pool, test_pool)
-    print(f"pools: train {train_pool}, {c.eval.get('split', 'test')} {test_pool} "
+    scored_pool = eval_pool(c, val_pool, test_pool)
+    print(f"pools: train {train_pool}, {c.eval.get('split', 'test')} {scored_pool} "
           f"({time.time() - t0:.1f}s)", flush=True)
     d = c.data
     learner = build_learner(c.model, d.n_way)
@@ -220,10 +220,10 @@ def main(argv=None):
     steps_done = int(state.step)
 
     t3 = time.time()
-    res = meta_test(c, learner, mcfg, state, test_pool)
+    res = meta_test(c, learner, mcfg, state, scored_pool)
     eval_s = time.time() - t3
-    print(f"META-TEST ({c.eval.get('split', 'test')} classes) {c.name}: accuracy {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% "
-          f"({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
+    print(f"META-TEST ({c.eval.get('split', 'test')} classes) {c.name}: accuracy "
+          f"{100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% ({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
     if two_stage:
         res["meta_arch"] = str(learner.module.arch)
         res["meta_arch_json"] = learner.module.arch.to_json()

@@ -72,8 +72,8 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # optimiser); the time budget only caps the stage.
         # Stage 2 trains on 3 query images per class (15 per task, not MAML's 1): in
         # 4-minute probes 84.15% after 409 steps against 82.67% after 739 with 1 query and
-        # 83.82% after 270 with 5; a step costs 1.5x, its meta-gradient averages 3x the
-        # query images.
+        # 83.82% after 270 with 5; a step costs 1.6-1.8x, its meta-gradient averages 3x
+        # the query images.
         c.train.time_budget_s = 15 * 60.0
         c.model.stem_stride = 2
         steps = 4500
