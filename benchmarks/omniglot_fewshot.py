@@ -155,7 +155,8 @@ def derive(c, learner, state, sample_x):
         except ValueError as e:
             raise ValueError(f"derive.inherit=True cuts the derived cell's weights out of the "
                              f"supernet's, but {e}; set derive.inherit=False for fresh weights") from e
-        dstate = dstate.replace(params=params, opt_state=meta.meta_optimizer(dcfg).init(params))
+        dstate = dstate.replace(params=params, opt_state=meta.init_meta_opt_state(
+            dcfg, params, dstate.inner_lrs))
     return derived, dcfg, dstate
 
 
@@ -224,6 +225,9 @@ def main(argv=None):
     eval_s = time.time() - t3
     print(f"META-TEST ({c.eval.get('split', 'test')} classes) {c.name}: accuracy "
           f"{100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% ({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
+    if state.inner_lrs is not None:  # meta.learn_inner_lr: what each layer learned
+        res["inner_lrs"] = {jax.tree_util.keystr(k): float(v) for k, v in
+                            jax.tree_util.tree_flatten_with_path(state.inner_lrs)[0]}
     if two_stage:
         res["meta_arch"] = str(learner.module.arch)
         res["meta_arch_json"] = learner.module.arch.to_json()

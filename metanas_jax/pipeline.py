@@ -344,8 +344,9 @@ def _metanas_center(cfg, prep: Prepared, meta_state) -> jax.Array:
     learner, mcfg = _metanas(cfg, prep)
     state = _metanas_state(learner, mcfg, prep, meta_state["leaves"])
     sx, sy = (jnp.asarray(a) for a in prep.search_task[:2])
-    adapt = jax.jit(lambda p, z: M.adapt(learner, mcfg, p, z, sx, sy, steps=mcfg.eval_inner_steps)[1])
-    return adapt(state.params, state.arch)
+    adapt = jax.jit(lambda p, z, r: M.adapt(learner, mcfg, p, z, sx, sy,
+                                            steps=mcfg.eval_inner_steps, lrs=r)[1])
+    return adapt(state.params, state.arch, state.inner_lrs)
 
 
 # -- stage 2: search --------------------------------------------------------------------------

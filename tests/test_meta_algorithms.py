@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import flax.linen as flax_nn
 
-from metanas_jax import meta, spaces
+from metanas_jax import data, meta, spaces
 from metanas_jax.nn.fastconv import Conv
 
 
@@ -177,3 +177,76 @@ def test_same_seed_same_result_and_seed_matters():
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(a.arch, c.arch)
     assert int(a.step) == 2
+
+
+def test_learned_inner_rates_get_exact_meta_gradients():
+    """``learn_inner_lr``: the rates' meta-gradient is the finite difference of the adapted
+    query loss along the rates, for second-order MAML (2 inner steps) and first-order MAML
+    (1 step, where the first-order rate gradient is exact); first-order MAML's weight
+    gradient is the one without learned rates when every rate equals ``inner_lr``."""
+    with jax.enable_x64(True):
+        learner = smooth_search_learner(False)
+        t = toy_tasks(jax.random.PRNGKey(0), 1, size=5)
+        sx, qx = (jnp.asarray(a[0], jnp.float64) for a in (t.support_x, t.query_x))
+        sy, qy = t.support_y[0], t.query_y[0]
+        params, z = _to64(learner.init(jax.random.PRNGKey(1), sx))
+        leaves, tdef = jax.tree_util.tree_flatten(params)
+        lrs = jax.tree_util.tree_unflatten(
+            tdef, [jnp.float64(0.3 + 0.1 * i) for i in range(len(leaves))])
+        v = jax.tree_util.tree_unflatten(
+            tdef, list(jax.random.normal(jax.random.PRNGKey(2), (len(leaves),), jnp.float64)))
+        for algorithm, steps in (("maml", 2), ("fomaml", 1)):
+            cfg = meta.MetaConfig(algorithm=algorithm, inner_steps=steps, inner_lr=0.3,
+                                  learn_inner_lr=True)
+
+            def meta_loss(r):
+                p2, a2, _ = meta.adapt(learner, cfg, params, z, sx, sy, lrs=r)
+                return meta.loss_and_accuracy(learner, p2, a2, qx, qy, 1.0)[0]
+
+            eps = 1e-5
+            shift = lambda s: jax.tree_util.tree_map(lambda a, b: a + s * b, lrs, v)
+            fd = float((jax.jit(meta_loss)(shift(eps)) - jax.jit(meta_loss)(shift(-eps))) / (2 * eps))
+            (_, g_lrs), _, _ = jax.jit(lambda r: meta.task_meta_gradient(
+                learner, cfg, params, z, sx, sy, qx, qy, True, r))(lrs)
+            got = float(sum(a * b for a, b in zip(jax.tree_util.tree_leaves(g_lrs),
+                                                  jax.tree_util.tree_leaves(v))))
+            assert abs(got - fd) <= 1e-6 * max(1.0, abs(fd)), (algorithm, got, fd)
+            assert abs(fd) > 1e-4, fd  # the check is not vacuous
+        cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.3)
+        same = jax.tree_util.tree_map(lambda _: jnp.float64(0.3), params)
+        (gp_lr, _), _, _ = meta.task_meta_gradient(
+            learner, cfg.replace(learn_inner_lr=True), params, z, sx, sy, qx, qy, True, same)
+        gp, _, _ = meta.task_meta_gradient(learner, cfg, params, z, sx, sy, qx, qy, True)
+        for a, b in zip(jax.tree_util.tree_leaves(gp_lr), jax.tree_util.tree_leaves(gp)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_learned_inner_rates_train_and_are_used_at_meta_test():
+    """First-order MAML with learned rates lowers the meta-loss, moves the rates, and the
+    meta-test adapts with the state's rates (not ``inner_lr``); bad settings name the key."""
+    learner = tiny_conv4()
+    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1, meta_lr=3e-3,
+                          learn_inner_lr=True)
+    eval_tasks = toy_tasks(jax.random.PRNGKey(99), 16)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), eval_tasks.support_x[0])
+    assert all(float(r) == np.float32(0.1) for r in jax.tree_util.tree_leaves(state.inner_lrs))
+    score = meta.make_adapt_and_score(learner, cfg, steps=1)
+    meta_loss = lambda s, r: float(score(s.params, s.arch, eval_tasks, r)[1].mean())
+    before = meta_loss(state, state.inner_lrs)
+    state, hist = meta.meta_train(meta.make_meta_step(learner, cfg), state,
+                                  lambda k: toy_tasks(k, 2), 40, log=None, log_every=40)
+    rates = np.array([float(r) for r in jax.tree_util.tree_leaves(state.inner_lrs)])
+    after = meta_loss(state, state.inner_lrs)
+    assert after < 0.9 * before, (before, after)
+    assert np.ptp(rates) > 1e-3 and "inner_lr_mean" in hist[-1], rates
+    protos = jax.random.normal(jax.random.PRNGKey(123), (12, 1, 8, 8, 1))
+    pool = data.ClassPool(images=protos + 0.6 * jax.random.normal(jax.random.PRNGKey(7),
+                                                                   (12, 6, 8, 8, 1)))
+    test = lambda s: meta.meta_test(learner, cfg, s, pool, 3, 2, n_query=4, num_episodes=4,
+                                    batch_size=4, steps=1)["loss"]
+    fixed = jax.tree_util.tree_map(lambda r: jnp.full_like(r, 0.1), state.inner_lrs)
+    assert test(state) != test(state.replace(inner_lrs=fixed))
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        meta.MetaConfig(algorithm="reptile", learn_inner_lr=True)
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        meta.make_meta_step(learner, cfg.replace(learn_inner_lr=False))(state, eval_tasks)

@@ -148,14 +148,16 @@ def worker_eight(ckpt_dir):
     learner, batch = _setup(8)
     t0 = time.time()
     # second-order MAML, where the trap bites (FOMAML and Reptile go through the same
-    # sharded code; each extra algorithm costs minutes of compilation on a 2-core CI machine)
-    cfg = _cfg("maml")
+    # sharded code; each extra algorithm costs minutes of compilation on a 2-core CI machine),
+    # with meta-learned inner rates, which are replicated parameters too
+    cfg = _cfg("maml").replace(learn_inner_lr=True)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
     ref, m_ref = _two_steps(meta.make_meta_step(learner, cfg), state, batch)
     sh_batch = jax.device_put(batch, parallel.sharded(mesh))
     sh_state = jax.device_put(state, parallel.replicated(mesh))
     got, m = _two_steps(parallel.make_sharded_meta_step(learner, cfg, mesh), sh_state, sh_batch)
     _close(got.params, ref.params, "maml params")
+    _close(got.inner_lrs, ref.inner_lrs, "maml inner rates")
     _close(got.opt_state, ref.opt_state, "maml opt_state")
     _close(m, m_ref, "maml metrics")
 

@@ -8,13 +8,14 @@ from metanas_jax.meta.learner import (Learner, conv4_learner, derived_learner, i
                                       supernet_learner)
 from metanas_jax.meta.loop import meta_train
 from metanas_jax.meta.outer import check_task_batch, make_meta_step, task_meta_gradient
-from metanas_jax.meta.state import MetaState, arch_optimizer, init_state, meta_optimizer
+from metanas_jax.meta.state import (MetaState, arch_optimizer, init_meta_opt_state, init_state,
+                                   meta_optimizer)
 from metanas_jax.meta.tasks_map import STRATEGIES, map_tasks, resolve_strategy
 
 __all__ = ["ALGORITHMS", "ARCH_UPDATES", "MetaConfig", "make_optimizer", "adapt",
            "loss_and_accuracy", "Learner", "conv4_learner", "supernet_learner",
            "derived_learner", "inherited_params",
            "check_task_batch", "make_meta_step", "task_meta_gradient", "MetaState",
-           "arch_optimizer", "init_state", "meta_optimizer", "STRATEGIES", "map_tasks",
+           "arch_optimizer", "init_meta_opt_state", "init_state", "meta_optimizer", "STRATEGIES", "map_tasks",
            "resolve_strategy", "architecture_report", "confidence_interval",
            "gene_distances", "make_adapt_and_score", "meta_test", "meta_train"]

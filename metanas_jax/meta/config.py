@@ -29,6 +29,13 @@ class MetaConfig:
     stays frozen for the first ``arch_warmup_steps`` meta-steps. ``meta_lr_schedule``
     ``cosine`` decays the weights' ``meta_lr`` to zero over ``meta_lr_decay_steps``
     meta-steps (then holds it there), for runs whose length is known in steps.
+    ``learn_inner_lr`` meta-learns one inner learning rate per weight tensor (MAML++'s
+    per-layer rates, shared across inner steps so a meta-test may run more steps than
+    training; Meta-SGD learns one per weight), started at ``inner_lr`` and updated with the
+    weights by ``meta_opt``: how fast each layer should adapt is learned across tasks, not
+    set by hand. Needs ``inner_opt="sgd"`` and a gradient-based ``algorithm`` (MAML's
+    gradient wrt a rate flows through the inner loop; first-order MAML's is exact in the
+    rates, ``-<query gradient, sum of support gradients>``; Reptile's update has none).
     ``scan_unroll`` is ``lax.scan``'s unroll of the inner loop; ``"auto"`` unrolls every
     step of a fixed network (conv4 second-order MAML mb16 on a 2-core CPU: 2.49-2.54 vs
     2.98-3.09 s per meta-step, 1.5 s more compile; ``benchmarks/bench_meta.py
@@ -40,6 +47,7 @@ class MetaConfig:
     eval_inner_steps: int = 10
     inner_lr: float = 0.4
     inner_opt: str = "sgd"
+    learn_inner_lr: bool = False
     arch_update: str = "none"
     arch_inner_lr: float = 0.0
     arch_inner_opt: str = "sgd"
@@ -73,6 +81,9 @@ class MetaConfig:
         if self.meta_lr_schedule != "constant" and int(self.meta_lr_decay_steps) < 1:
             bad("meta_lr_decay_steps", f"must be >= 1 with meta_lr_schedule="
                                        f"{self.meta_lr_schedule!r}")
+        if self.learn_inner_lr and (self.inner_opt != "sgd" or self.algorithm == "reptile"):
+            bad("learn_inner_lr", f"needs inner_opt='sgd' and algorithm 'maml' or 'fomaml', "
+                                  f"got inner_opt={self.inner_opt!r}, algorithm={self.algorithm!r}")
         for name in ("inner_steps", "eval_inner_steps"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")

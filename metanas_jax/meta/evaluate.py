@@ -33,12 +33,14 @@ def confidence_interval(values, z: float = Z95) -> tuple[float, float]:
 
 @functools.lru_cache(maxsize=16)
 def make_adapt_and_score(learner, cfg: MetaConfig, steps: int | None = None):
-    """(Cached per learner, config and steps, so repeated meta-tests compile once.) Jitted ``(params, z, task_batch) -> (query_acc (T,), query_loss (T,), z_adapted (T, d))``."""
+    """(Cached per learner, config and steps, so repeated meta-tests compile once.) Jitted
+    ``(params, z, task_batch, inner_lrs=None) -> (query_acc (T,), query_loss (T,),
+    z_adapted (T, d))``; ``inner_lrs`` are ``MetaState.inner_lrs`` when they are learned."""
     steps = cfg.eval_inner_steps if steps is None else int(steps)
 
-    def run(params, z, sx, sy, qx, qy):
+    def run(params, z, lrs, sx, sy, qx, qy):
         def one(sx_, sy_, qx_, qy_):
-            p2, a2, _ = adapt(learner, cfg, params, z, sx_, sy_, steps=steps)
+            p2, a2, _ = adapt(learner, cfg, params, z, sx_, sy_, steps=steps, lrs=lrs)
             loss, acc = loss_and_accuracy(learner, p2, a2, qx_, qy_, float(cfg.temp_end))
             return acc, loss, a2
 
@@ -46,7 +48,8 @@ def make_adapt_and_score(learner, cfg: MetaConfig, steps: int | None = None):
                          cpu_strategy=learner.cpu_strategy)
 
     run = jax.jit(run)
-    return lambda params, z, b: run(params, z, b.support_x, b.support_y, b.query_x, b.query_y)
+    return lambda params, z, b, inner_lrs=None: run(params, z, inner_lrs, b.support_x,
+                                                    b.support_y, b.query_x, b.query_y)
 
 
 def gene_distances(projected: np.ndarray) -> np.ndarray:
@@ -104,7 +107,7 @@ def meta_test(learner, cfg: MetaConfig, state, pool, n_way: int, k_shot: int, n_
     for i in range(-(-num_episodes // batch_size)):
         batch = data.sample_episodes(jax.random.fold_in(base, i), pool, n_way, k_shot, n_query,
                                      batch_size)
-        acc, loss, z = score(state.params, state.arch, batch)
+        acc, loss, z = score(state.params, state.arch, batch, state.inner_lrs)
         accs.append(np.asarray(acc)), losses.append(np.asarray(loss)), zs.append(np.asarray(z))
     accs = np.concatenate(accs)[:num_episodes]
     losses = np.concatenate(losses)[:num_episodes]

@@ -27,18 +27,28 @@ def _select(flag, new, old):
 
 
 def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
-          arch_active=True):
+          arch_active=True, lrs=None, first_order: bool = False):
     """``steps`` (default ``cfg.inner_steps``) task-optimiser steps on ``(x, y)``.
 
     Returns ``(params, z, support_losses)``; ``support_losses[k]`` is the loss before
     step ``k`` (so ``[0]`` is the pre-adaptation loss). ``arch_active`` (traced bool)
-    freezes the architecture, e.g. during the meta-level warm-up.
+    freezes the architecture, e.g. during the meta-level warm-up. ``lrs`` (a tree of
+    scalars like ``params``, the meta-learned rates) replaces ``cfg.inner_lr``'s SGD by
+    ``p - lr_tensor * g``. ``first_order`` stops the gradient through the inner gradients,
+    so differentiating the result gives first-order MAML's meta-gradient (identity
+    Jacobian in the weights) and the rates' exact gradient.
     """
     steps = cfg.inner_steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"adapt: steps must be >= 1, got {steps}")
     mode = cfg.arch_update if learner.searches else "none"
-    w_opt = make_optimizer(cfg.inner_opt, cfg.inner_lr)
+    if lrs is None:
+        w_opt = make_optimizer(cfg.inner_opt, cfg.inner_lr)
+    else:  # SGD with one meta-learned rate per tensor (MetaConfig.learn_inner_lr)
+        w_opt = optax.GradientTransformation(
+            lambda p: optax.EmptyState(),
+            lambda g, s, p=None: (jax.tree_util.tree_map(lambda lr, gi: -lr * gi, lrs, g), s))
+    stop = jax.lax.stop_gradient if first_order else (lambda g: g)
     a_opt = make_optimizer(cfg.arch_inner_opt, cfg.arch_inner_lr)
     temps = jnp.asarray(cfg.temperatures(steps))
     arch_on = (jnp.arange(steps) >= cfg.arch_inner_warmup) & jnp.asarray(arch_active)
@@ -53,13 +63,13 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
         p, a, ws, as_ = carry
         t, on = inp
         if mode == "joint":
-            loss, (gp, ga) = jax.value_and_grad(loss_fn, argnums=(0, 1))(p, a, t)
+            loss, (gp, ga) = stop(jax.value_and_grad(loss_fn, argnums=(0, 1))(p, a, t))
         else:
-            loss, gp = jax.value_and_grad(loss_fn)(p, a, t)
+            loss, gp = stop(jax.value_and_grad(loss_fn)(p, a, t))
         up, ws = w_opt.update(gp, ws, p)
         p = optax.apply_updates(p, up)
         if mode == "alternating":
-            ga = jax.grad(loss_fn, argnums=1)(p, a, t)
+            ga = stop(jax.grad(loss_fn, argnums=1)(p, a, t))
         if mode != "none":
             ua, new_as = a_opt.update(ga, as_, a)
             a = jnp.where(on, optax.apply_updates(a, ua), a)

@@ -41,16 +41,24 @@ def check_task_batch(batch) -> tuple:
     return sx, sy, qx, qy
 
 
-def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch_active):
-    """One task's meta-gradient wrt ``(params, z)`` and its scalar metrics."""
-    def adapted_query(p, a):
-        p2, a2, sl = adapt(learner, cfg, p, a, sx, sy, arch_active=arch_active)
+def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch_active,
+                       lrs=None):
+    """One task's meta-gradient wrt ``(params, z)`` and its scalar metrics; with ``lrs``
+    (meta-learned inner rates) ``gp`` is the pair of gradients wrt ``(params, lrs)``."""
+    def adapted_query(p, a, r, first_order=False):
+        p2, a2, sl = adapt(learner, cfg, p, a, sx, sy, arch_active=arch_active, lrs=r,
+                           first_order=first_order)
         loss, acc = loss_and_accuracy(learner, p2, a2, qx, qy, float(cfg.temp_end))
-        return loss, (acc, sl, p2, a2)
+        return loss, (acc, sl)
 
-    if cfg.algorithm == "maml":
-        (loss, (acc, sl, _, _)), (gp, ga) = jax.value_and_grad(
-            adapted_query, argnums=(0, 1), has_aux=True)(params, z)
+    if cfg.algorithm == "maml" or (lrs is not None and cfg.algorithm == "fomaml"):
+        # first-order MAML with learned rates: differentiate through the inner loop with
+        # its gradients stopped (identity Jacobian in the weights, exact in the rates)
+        (loss, (acc, sl)), (gp, ga, gr) = jax.value_and_grad(
+            adapted_query, argnums=(0, 1, 2), has_aux=True)(
+                params, z, lrs, first_order=cfg.algorithm == "fomaml")
+        if lrs is not None:
+            gp = (gp, gr)
     else:
         p2, a2, sl = adapt(learner, cfg, params, z, sx, sy, arch_active=arch_active)
         if cfg.algorithm == "fomaml":
@@ -81,15 +89,15 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
     w_opt, a_opt = meta_optimizer(cfg), arch_optimizer(cfg)
     learn_arch = learner.searches and cfg.arch_meta_lr > 0
 
-    def task_grads(params, arch, arch_active, sx, sy, qx, qy):
+    def task_grads(params, arch, lrs, arch_active, sx, sy, qx, qy):
         """Mean meta-gradient and metrics over the (local) tasks."""
         if mesh is not None:  # replicated -> varying, so gradients stay per device
-            params, arch = jax.tree_util.tree_map(
-                lambda a: jax.lax.pcast(a, axis, to="varying"), (params, arch))
+            params, arch, lrs = jax.tree_util.tree_map(
+                lambda a: jax.lax.pcast(a, axis, to="varying"), (params, arch, lrs))
 
         def one(sx_, sy_, qx_, qy_):
             return task_meta_gradient(learner, cfg, params, arch, sx_, sy_, qx_, qy_,
-                                      arch_active)
+                                      arch_active, lrs)
 
         gp, ga, m = map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
                               cpu_strategy=learner.cpu_strategy)
@@ -105,7 +113,7 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
             raise ValueError(f"make_meta_step: mesh has axes {mesh.axis_names}, no {axis!r}")
         n_dev = mesh.shape[axis]
         task_grads = jax.shard_map(task_grads, mesh=mesh,
-                                   in_specs=(P(), P(), P()) + (P(axis),) * 4,
+                                   in_specs=(P(), P(), P(), P()) + (P(axis),) * 4,
                                    out_specs=(P(), P(), P()))
 
     def meta_step(state: MetaState, batch):
@@ -113,22 +121,36 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
         if mesh is not None and sx.shape[0] % n_dev:
             raise ValueError(f"meta-batch of {sx.shape[0]} tasks does not split over "
                              f"{n_dev} devices (mesh axis {axis!r})")
+        if cfg.learn_inner_lr != (state.inner_lrs is not None):
+            raise ValueError(f"MetaConfig.learn_inner_lr={cfg.learn_inner_lr} but the state "
+                             f"{'has no' if cfg.learn_inner_lr else 'has'} inner_lrs: make "
+                             f"it with init_state under the same config")
         arch_active = state.step >= cfg.arch_warmup_steps
-        gp, ga, metrics = task_grads(state.params, state.arch, arch_active, sx, sy, qx, qy)
-        up, opt_state = w_opt.update(gp, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, up)
+        gp, ga, metrics = task_grads(state.params, state.arch, state.inner_lrs, arch_active,
+                                     sx, sy, qx, qy)
+        lrs = state.inner_lrs
+        if cfg.learn_inner_lr:  # the rates move with the weights, by the same optimiser
+            up, opt_state = w_opt.update(gp, state.opt_state, (state.params, lrs))
+            params, lrs = optax.apply_updates((state.params, lrs), up)
+            metrics_lr = {"inner_lr_mean": jnp.mean(jnp.stack(jax.tree_util.tree_leaves(lrs)))}
+            gp = gp[0]
+        else:
+            up, opt_state = w_opt.update(gp, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, up)
+            metrics_lr = {}
         arch, arch_opt_state = state.arch, state.arch_opt_state
         if learn_arch:
             ua, new_aos = a_opt.update(ga, state.arch_opt_state, state.arch)
             arch = jnp.where(arch_active, optax.apply_updates(state.arch, ua), state.arch)
             arch_opt_state = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(arch_active, a, b), new_aos, state.arch_opt_state)
-        metrics = dict(metrics)
+        metrics = dict(metrics, **metrics_lr)
         metrics.update(grad_norm=optax.tree.norm(gp), arch_grad_norm=optax.tree.norm(ga),
                        arch_active=arch_active.astype(jnp.float32),
                        step=state.step.astype(jnp.float32))
         new = state.replace(params=params, arch=arch, opt_state=opt_state,
-                            arch_opt_state=arch_opt_state, step=state.step + 1)
+                            arch_opt_state=arch_opt_state, step=state.step + 1,
+                            inner_lrs=lrs)
         return new, metrics
 
     return jax.jit(meta_step) if jit else meta_step

@@ -12,7 +12,10 @@ from metanas_jax.meta.config import MetaConfig, make_optimizer
 @chex.dataclass
 class MetaState:
     """Meta-weights, meta-architecture (empty for fixed networks), their optimiser states,
-    the meta-step counter and the PRNG key the training loop derives episodes from."""
+    the meta-step counter, the PRNG key the training loop derives episodes from, and the
+    meta-learned inner learning rates (one per weight tensor, ``params``' tree of scalars;
+    ``None`` unless ``MetaConfig.learn_inner_lr``). With rates, ``opt_state`` is the meta-
+    optimiser's state of the pair ``(params, inner_lrs)``."""
 
     params: chex.ArrayTree
     arch: chex.Array
@@ -20,6 +23,7 @@ class MetaState:
     arch_opt_state: chex.ArrayTree
     step: chex.Array
     key: chex.PRNGKey
+    inner_lrs: chex.ArrayTree = None
 
 
 def meta_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
@@ -33,10 +37,24 @@ def arch_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
                        optax.adam(cfg.arch_meta_lr, b1=0.5, b2=0.999))
 
 
+def meta_params(cfg: MetaConfig, params):
+    """``(params, inner_lrs)``: what the meta-optimiser updates. The rates start at
+    ``cfg.inner_lr``; ``inner_lrs`` is ``None`` without ``cfg.learn_inner_lr``."""
+    if not cfg.learn_inner_lr:
+        return params, None
+    return params, jax.tree_util.tree_map(lambda _: jnp.float32(cfg.inner_lr), params)
+
+
+def init_meta_opt_state(cfg: MetaConfig, params, inner_lrs=None):
+    """The meta-optimiser's state for ``params`` (and the rates, when they are learned)."""
+    return meta_optimizer(cfg).init((params, inner_lrs) if cfg.learn_inner_lr else params)
+
+
 def init_state(learner, cfg: MetaConfig, key: jax.Array, sample_x: jax.Array) -> MetaState:
     """Fresh state: ``learner.init`` on ``sample_x`` (one task's images, (N, H, W, C))."""
     k_init, k_state = jax.random.split(key)
     params, arch = learner.init(k_init, sample_x)
-    return MetaState(params=params, arch=arch, opt_state=meta_optimizer(cfg).init(params),
+    params, lrs = meta_params(cfg, params)
+    return MetaState(params=params, arch=arch, opt_state=init_meta_opt_state(cfg, params, lrs),
                      arch_opt_state=arch_optimizer(cfg).init(arch),
-                     step=jnp.zeros((), jnp.int32), key=k_state)
+                     step=jnp.zeros((), jnp.int32), key=k_state, inner_lrs=lrs)
