@@ -195,8 +195,8 @@ def main(argv=None):
 
     t0 = time.time()
     train_pool, val_pool, test_pool = build_pools(c.data)
-    scored_pool = eval_pool(c, val_pool, test_pool)
-    print(f"pools: train {train_pool}, {c.eval.get('split', 'test')} {scored_pool} "
+    scored_pool, split = eval_pool(c, val_pool, test_pool), c.eval.get("split", "test")
+    print(f"pools: train {train_pool}, {split} {scored_pool} "
           f"({time.time() - t0:.1f}s)", flush=True)
     d = c.data
     learner = build_learner(c.model, d.n_way)
@@ -223,7 +223,7 @@ def main(argv=None):
     t3 = time.time()
     res = meta_test(c, learner, mcfg, state, scored_pool)
     eval_s = time.time() - t3
-    print(f"META-TEST ({c.eval.get('split', 'test')} classes) {c.name}: accuracy "
+    print(f"META-TEST ({split} classes) {c.name}: accuracy "
           f"{100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f}% ({res['episodes']} episodes, {res['inner_steps']} inner steps) eval {eval_s:.0f}s", flush=True)
     if state.inner_lrs is not None:  # meta.learn_inner_lr: what each layer learned
         res["inner_lrs"] = {jax.tree_util.keystr(k): float(v) for k, v in

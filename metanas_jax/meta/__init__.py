@@ -16,6 +16,6 @@ __all__ = ["ALGORITHMS", "ARCH_UPDATES", "MetaConfig", "make_optimizer", "adapt"
            "loss_and_accuracy", "Learner", "conv4_learner", "supernet_learner",
            "derived_learner", "inherited_params",
            "check_task_batch", "make_meta_step", "task_meta_gradient", "MetaState",
-           "arch_optimizer", "init_meta_opt_state", "init_state", "meta_optimizer", "STRATEGIES", "map_tasks",
-           "resolve_strategy", "architecture_report", "confidence_interval",
+           "arch_optimizer", "init_meta_opt_state", "init_state", "meta_optimizer",
+           "STRATEGIES", "map_tasks", "resolve_strategy", "architecture_report", "confidence_interval",
            "gene_distances", "make_adapt_and_score", "meta_test", "meta_train"]

@@ -128,23 +128,23 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
         arch_active = state.step >= cfg.arch_warmup_steps
         gp, ga, metrics = task_grads(state.params, state.arch, state.inner_lrs, arch_active,
                                      sx, sy, qx, qy)
-        lrs = state.inner_lrs
-        if cfg.learn_inner_lr:  # the rates move with the weights, by the same optimiser
-            up, opt_state = w_opt.update(gp, state.opt_state, (state.params, lrs))
-            params, lrs = optax.apply_updates((state.params, lrs), up)
-            metrics_lr = {"inner_lr_mean": jnp.mean(jnp.stack(jax.tree_util.tree_leaves(lrs)))}
-            gp = gp[0]
+        # with learned rates the meta-optimiser updates the pair (weights, rates)
+        learned = (state.params, state.inner_lrs) if cfg.learn_inner_lr else state.params
+        up, opt_state = w_opt.update(gp, state.opt_state, learned)
+        learned = optax.apply_updates(learned, up)
+        if cfg.learn_inner_lr:
+            (params, lrs), gp = learned, gp[0]
         else:
-            up, opt_state = w_opt.update(gp, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, up)
-            metrics_lr = {}
+            params, lrs = learned, None
         arch, arch_opt_state = state.arch, state.arch_opt_state
         if learn_arch:
             ua, new_aos = a_opt.update(ga, state.arch_opt_state, state.arch)
             arch = jnp.where(arch_active, optax.apply_updates(state.arch, ua), state.arch)
             arch_opt_state = jax.tree_util.tree_map(
                 lambda a, b: jnp.where(arch_active, a, b), new_aos, state.arch_opt_state)
-        metrics = dict(metrics, **metrics_lr)
+        metrics = dict(metrics)
+        if cfg.learn_inner_lr:
+            metrics["inner_lr_mean"] = jnp.mean(jnp.stack(jax.tree_util.tree_leaves(lrs)))
         metrics.update(grad_norm=optax.tree.norm(gp), arch_grad_norm=optax.tree.norm(ga),
                        arch_active=arch_active.astype(jnp.float32),
                        step=state.step.astype(jnp.float32))
