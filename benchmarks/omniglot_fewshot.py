@@ -171,13 +171,13 @@ def meta_test(c, learner, mcfg, state, pool, episodes=None):
 
 
 def eval_pool(c, val_pool, test_pool):
-    """The pool ``c.eval.split`` names: ``"test"`` (the default, what results report) or
-    ``"val"``, the validation pool (Omniglot: the last 100 meta-training characters, see
+    """``(split, pool)``, the pool ``c.eval.split`` names: ``"test"`` (the default, what
+    results report) or ``"val"``, the validation pool (Omniglot: the last 100 meta-training characters, see
     ``data.omniglot_splits``), for choosing evaluation settings without the test classes."""
     split = c.eval.get("split", "test")
     if split not in ("test", "val"):
         raise ValueError(f"eval.split must be 'test' or 'val', got {split!r}")
-    return test_pool if split == "test" else val_pool
+    return split, test_pool if split == "test" else val_pool
 
 
 def main(argv=None):
@@ -195,7 +195,7 @@ def main(argv=None):
 
     t0 = time.time()
     train_pool, val_pool, test_pool = build_pools(c.data)
-    scored_pool, split = eval_pool(c, val_pool, test_pool), c.eval.get("split", "test")
+    split, scored_pool = eval_pool(c, val_pool, test_pool)
     print(f"pools: train {train_pool}, {split} {scored_pool} "
           f"({time.time() - t0:.1f}s)", flush=True)
     d = c.data

@@ -14,7 +14,7 @@ import optax
 
 from metanas_jax.meta.config import MetaConfig
 from metanas_jax.meta.inner import adapt, loss_and_accuracy
-from metanas_jax.meta.state import MetaState, arch_optimizer, meta_optimizer
+from metanas_jax.meta.state import MetaState, arch_optimizer, meta_optimizer, meta_trained
 from metanas_jax.meta.tasks_map import map_tasks
 
 
@@ -128,8 +128,7 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
         arch_active = state.step >= cfg.arch_warmup_steps
         gp, ga, metrics = task_grads(state.params, state.arch, state.inner_lrs, arch_active,
                                      sx, sy, qx, qy)
-        # with learned rates the meta-optimiser updates the pair (weights, rates)
-        learned = (state.params, state.inner_lrs) if cfg.learn_inner_lr else state.params
+        learned = meta_trained(cfg, state.params, state.inner_lrs)
         up, opt_state = w_opt.update(gp, state.opt_state, learned)
         learned = optax.apply_updates(learned, up)
         if cfg.learn_inner_lr:

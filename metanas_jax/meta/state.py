@@ -37,24 +37,30 @@ def arch_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
                        optax.adam(cfg.arch_meta_lr, b1=0.5, b2=0.999))
 
 
-def meta_params(cfg: MetaConfig, params):
-    """``(params, inner_lrs)``: what the meta-optimiser updates. The rates start at
-    ``cfg.inner_lr``; ``inner_lrs`` is ``None`` without ``cfg.learn_inner_lr``."""
+def init_inner_lrs(cfg: MetaConfig, params):
+    """One rate per tensor of ``params``, at ``cfg.inner_lr``; ``None`` unless
+    ``cfg.learn_inner_lr``."""
     if not cfg.learn_inner_lr:
-        return params, None
-    return params, jax.tree_util.tree_map(lambda _: jnp.float32(cfg.inner_lr), params)
+        return None
+    return jax.tree_util.tree_map(lambda _: jnp.float32(cfg.inner_lr), params)
+
+
+def meta_trained(cfg: MetaConfig, params, inner_lrs):
+    """What the meta-optimiser updates: ``params``, or ``(params, inner_lrs)`` when the
+    rates are learned."""
+    return (params, inner_lrs) if cfg.learn_inner_lr else params
 
 
 def init_meta_opt_state(cfg: MetaConfig, params, inner_lrs=None):
     """The meta-optimiser's state for ``params`` (and the rates, when they are learned)."""
-    return meta_optimizer(cfg).init((params, inner_lrs) if cfg.learn_inner_lr else params)
+    return meta_optimizer(cfg).init(meta_trained(cfg, params, inner_lrs))
 
 
 def init_state(learner, cfg: MetaConfig, key: jax.Array, sample_x: jax.Array) -> MetaState:
     """Fresh state: ``learner.init`` on ``sample_x`` (one task's images, (N, H, W, C))."""
     k_init, k_state = jax.random.split(key)
     params, arch = learner.init(k_init, sample_x)
-    params, lrs = meta_params(cfg, params)
+    lrs = init_inner_lrs(cfg, params)
     return MetaState(params=params, arch=arch, opt_state=init_meta_opt_state(cfg, params, lrs),
                      arch_opt_state=arch_optimizer(cfg).init(arch),
                      step=jnp.zeros((), jnp.int32), key=k_state, inner_lrs=lrs)

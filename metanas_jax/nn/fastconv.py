@@ -43,14 +43,18 @@ def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
+def _padded(x, kh, kw, stride, padding, dilation):
+    """``x`` padded for a ``kh x kw`` window, with ``(low pad, output size)`` per axis."""
+    lo_h, hi_h, ho = _pads(x.shape[1], dilation * (kh - 1) + 1, stride, padding)
+    lo_w, hi_w, wo = _pads(x.shape[2], dilation * (kw - 1) + 1, stride, padding)
+    return jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0))), (lo_h, ho), (lo_w, wo)
+
+
 def patches(x: jax.Array, kernel: tuple[int, int], stride: int = 1, padding: str = "SAME",
             dilation: int = 1):
     """im2col: ``(N, H, W, C) -> (N, Ho, Wo, kh * kw * C)``, (kh, kw, C) order like HWIO."""
     kh, kw = kernel
-    _, h, w, _ = x.shape
-    lo_h, hi_h, ho = _pads(h, dilation * (kh - 1) + 1, stride, padding)
-    lo_w, hi_w, wo = _pads(w, dilation * (kw - 1) + 1, stride, padding)
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    xp, (_, ho), (_, wo) = _padded(x, kh, kw, stride, padding, dilation)
     cols = _taps(xp, ho, wo, kh, kw, stride, dilation)
     if len(cols) == 1:
         return cols[0]
@@ -104,17 +108,8 @@ def _shift_add(xp, w, ho, wo, stride, dilation):
     return y
 
 
-def _depthwise_geometry(x, w, stride, padding, dilation):
-    kh, kw = w.shape[:2]
-    _, h, wd, _ = x.shape
-    lo_h, hi_h, ho = _pads(h, dilation * (kh - 1) + 1, stride, padding)
-    lo_w, hi_w, wo = _pads(wd, dilation * (kw - 1) + 1, stride, padding)
-    return (lo_h, hi_h, ho), (lo_w, hi_w, wo)
-
-
 def _depthwise_fwd(x, w, stride, padding, dilation):
-    (lo_h, hi_h, ho), (lo_w, hi_w, wo) = _depthwise_geometry(x, w, stride, padding, dilation)
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    xp, (_, ho), (_, wo) = _padded(x, *w.shape[:2], stride, padding, dilation)
     return _shift_add(xp, w, ho, wo, stride, dilation), (x, w)
 
 
@@ -126,8 +121,8 @@ def _depthwise_bwd(stride, padding, dilation, res, g):
     x, w = res
     kh, kw = w.shape[:2]
     _, h, wd, _ = x.shape
-    (lo_h, hi_h, ho), (lo_w, hi_w, wo) = _depthwise_geometry(x, w, stride, padding, dilation)
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    # padded again rather than saved: the forward's pad fuses into its shift-add
+    xp, (lo_h, ho), (lo_w, wo) = _padded(x, kh, kw, stride, padding, dilation)
     dw = jnp.stack([jnp.sum(tap * g, (0, 1, 2))
                     for tap in _taps(xp, ho, wo, kh, kw, stride, dilation)])
 
