@@ -126,3 +126,69 @@ def test_max_pool_2x2_matches_reduce_window():
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 7, 6, 3))
     want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     np.testing.assert_array_equal(max_pool_2x2(x), want)
+
+
+def test_max_pool_2x2_gradients_match_jnp_max_with_ties():
+    """The custom rule is jnp.max's: tied maxima share the tangent equally, to any order."""
+    def plain(x):
+        n, h, w, c = x.shape
+        return jnp.max(x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c), (2, 4))
+
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, 6, 3))
+    x = x.at[:, :4, :4, 0].set(0.5).at[0, 2:4, 2:4, 1].set(-1.0)  # 2-, 3- and 4-way ties
+    v = jax.random.normal(jax.random.PRNGKey(6), max_pool_2x2(x).shape)
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x) * v))
+
+    np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(plain))(x), atol=1e-6)
+    hvp = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (jnp.cos(x),))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(max_pool_2x2), hvp(plain), atol=1e-5)
+    assert max_pool_2x2(jnp.ones((1, 1, 5, 2))).shape == (1, 1, 5, 2)  # too small: identity
+
+
+def test_conv4_pooled_norm_equals_norm_relu_pool_to_second_order():
+    """Conv4's pool-first block (kernel flipped by sign(scale), |scale|) is the plain
+    conv -> batch norm -> ReLU -> max-pool in value, gradient and MAML's second-order
+    meta-gradient, with negative scales and tied activations (a constant image region)."""
+    import flax.linen as nn
+
+    from metanas_jax.nn.fastconv import Conv
+    from metanas_jax.nn.ops import Norm
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for b in range(2):
+                x = Conv(6, 3, use_bias=False, impl="matmul", name=f"conv{b}")(x)
+                x = max_pool_2x2(nn.relu(Norm(name=f"norm{b}")(x)))
+            return nn.Dense(3, name="head")(x.reshape(x.shape[0], -1))
+
+    with jax.enable_x64(True):
+        kx, kp, ks = jax.random.split(jax.random.PRNGKey(7), 3)
+        x = jax.random.normal(kx, (6, 10, 10, 1), jnp.float64).at[:, :5, :5].set(0.3)
+        y = jnp.arange(6) % 3
+        net = Conv4(3, channels=6, blocks=2, conv_impl="matmul")
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(kp, x)["params"])
+        assert jax.tree.structure(params) == jax.tree.structure(Plain().init(kp, x)["params"])
+        signs = jnp.where(jax.random.bernoulli(ks, 0.5, (6,)), -1.0, 1.0)
+        params["norm0"]["scale"] = params["norm0"]["scale"] * signs * 0.7
+        params["norm1"]["scale"] = params["norm1"]["scale"] * -1.3
+
+        def loss(apply):
+            return lambda p: jnp.mean(optax_xent(apply({"params": p}, x), y))
+
+        def maml(apply):  # one inner SGD step, then the loss: second-order through it
+            return lambda p: loss(apply)(jax.tree.map(lambda a, g: a - 0.3 * g, p,
+                                                      jax.grad(loss(apply))(p)))
+
+        for f in (lambda a: (lambda p: a({"params": p}, x)), loss, maml):
+            np.testing.assert_allclose(f(net.apply)(params), f(Plain().apply)(params), atol=1e-10)
+        for f in (loss, maml):
+            for got, want in zip(jax.tree.leaves(jax.grad(f(net.apply))(params)),
+                                 jax.tree.leaves(jax.grad(f(Plain().apply))(params))):
+                np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+def optax_xent(logits, labels):
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)[:, 0]

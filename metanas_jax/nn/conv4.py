@@ -1,8 +1,9 @@
 """The standard 4-layer few-shot convolutional network (Vinyals et al.; MAML; Reptile).
 
 ``blocks`` x [conv 3x3 ``channels``, batch norm on batch statistics, ReLU, 2x2 max-pool]
-then a linear classifier. ``downsample="stride"`` replaces the pool with a stride-2
-convolution, the variant MAML used for Omniglot (4x fewer multiply-adds at 28x28).
+then a linear classifier; norm, ReLU and pool are computed pool-first (:class:`PooledNorm`).
+``downsample="stride"`` replaces the pool with a stride-2 convolution, the variant MAML
+used for Omniglot (4x fewer multiply-adds at 28x28).
 Batch norm never tracks running averages, so ``apply`` is pure (the MAML convention:
 support and query sets are each normalised with their own statistics).
 Convolutions go through :mod:`metanas_jax.nn.fastconv` so the per-task execution stays
@@ -11,21 +12,72 @@ fast on every backend.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from metanas_jax.nn.fastconv import Conv, resolve_impl
-from metanas_jax.nn.ops import Norm
+from metanas_jax.nn.ops import EPS, Norm, batch_moments
 
 
-def max_pool_2x2(x):
-    """2x2 stride-2 max-pool as a reshape (floor on odd sizes): its gradient is a plain
-    select, which stays fast under vmap and second-order differentiation."""
+def _windows(x):
+    """``(N, H, W, C) -> (N, H/2, 2, W/2, 2, C)``: the 2x2 windows (floor on odd sizes)."""
     n, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    if h2 == 0 or w2 == 0:
+    return x[:, :2 * (h // 2), :2 * (w // 2)].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_jvp
+def max_pool_2x2(x):
+    """2x2 stride-2 max-pool as a reshape and a max (floor on odd sizes); its gradient is a
+    select, which stays fast under vmap and second-order differentiation."""
+    if x.shape[1] < 2 or x.shape[2] < 2:
         return x
-    x = x[:, :2 * h2, :2 * w2, :].reshape(n, h2, 2, w2, 2, c)
-    return jnp.max(x, axis=(2, 4))
+    return jnp.max(_windows(x), axis=(2, 4))
+
+
+@max_pool_2x2.defjvp
+def _max_pool_2x2_jvp(primals, tangents):
+    """``jnp.max``'s own rule (tied maxima share the tangent equally), with the ties counted
+    in int32: XLA:CPU then fuses the count with the comparison, where ``jnp.max``'s float
+    count wrote a float indicator as large as the input first (the largest elementwise op of
+    the conv4 MAML step, benchmarks/README.md)."""
+    (x,), (t,) = primals, tangents
+    if x.shape[1] < 2 or x.shape[2] < 2:
+        return x, t
+    xw = _windows(x)
+    y = jnp.max(xw, axis=(2, 4))
+    hit = xw == y[:, :, None, :, None, :]
+    ties = jnp.sum(hit, axis=(2, 4), dtype=jnp.int32).astype(t.dtype)
+    return y, jnp.sum(jnp.where(hit, _windows(t), 0), axis=(2, 4)) / ties
+
+
+class PooledNorm(nn.Module):
+    """Batch norm (batch statistics), ReLU and 2x2 max-pool, pooled first.
+
+    ``relu(scale * (x - mean) / std + bias)`` is monotone in ``x`` per channel, increasing
+    where ``scale >= 0`` and decreasing elsewhere, so max-pooling commutes with it once the
+    decreasing channels are negated: then only the pooled quarter is normalised and
+    rectified, and the forward and backward passes over the full-resolution activation
+    shrink to the statistics and the pool. The negation costs nothing: the convolution
+    before multiplies its kernel by :meth:`flip` (``Conv(...)(x, out_scale=flip)``) and
+    this module normalises with ``|scale|``. Same function and gradients as
+    ``max_pool_2x2(relu(Norm()(x)))`` up to rounding (tested), same parameters.
+    """
+
+    features: int
+
+    def setup(self):
+        self.scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+    def flip(self):
+        """``sign(scale)`` per channel (+1 at 0), to fold into the preceding kernel."""
+        return jnp.where(self.scale >= 0, 1.0, -1.0)
+
+    def __call__(self, x_flipped):
+        mean, var = batch_moments(x_flipped)
+        a = jnp.abs(self.scale) * jax.lax.rsqrt(var + EPS)
+        y = (max_pool_2x2(x_flipped) - mean.astype(x_flipped.dtype)) * a.astype(x_flipped.dtype)
+        return nn.relu(y + self.bias.astype(x_flipped.dtype))
 
 
 class Conv4(nn.Module):
@@ -51,11 +103,12 @@ class Conv4(nn.Module):
             raise ValueError(f"Conv4 wants images (N, H, W, C), got shape {x.shape}")
         stride = 2 if self.downsample == "stride" else 1
         for b in range(self.blocks):
-            x = Conv(self.channels, 3, stride=stride, use_bias=False, impl=self.conv_impl,
-                     name=f"conv{b}")(x)
-            x = Norm(track=False, name=f"norm{b}")(x, train)
-            x = nn.relu(x)
+            conv = Conv(self.channels, 3, stride=stride, use_bias=False, impl=self.conv_impl,
+                        name=f"conv{b}")
             if self.downsample == "pool":
-                x = max_pool_2x2(x)
+                norm = PooledNorm(self.channels, name=f"norm{b}")
+                x = norm(conv(x, out_scale=norm.flip()))
+            else:
+                x = nn.relu(Norm(track=False, name=f"norm{b}")(conv(x), train))
         x = x.reshape(x.shape[0], -1)
         return nn.Dense(self.num_classes, name="head")(x)

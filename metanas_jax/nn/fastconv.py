@@ -167,13 +167,18 @@ class Conv(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, out_scale=None):
+        """``out_scale`` (optional, one factor per output channel) returns the output times
+        it, folded into the kernel: a multiply on the kernel instead of the activations."""
         kh, kw = (self.kernel, self.kernel) if isinstance(self.kernel, int) else tuple(self.kernel)
         w = self.param("kernel", nn.initializers.lecun_normal(),
                        (kh, kw, x.shape[-1] // self.groups, self.features), jnp.float32)
+        if out_scale is not None:
+            w = w * out_scale
         if self.dtype is not None:
             x = x.astype(self.dtype)
         y = conv2d(x, w, self.stride, self.padding, self.impl, self.dilation, self.groups)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + (b if out_scale is None else b * out_scale)
         return y

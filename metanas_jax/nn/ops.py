@@ -16,6 +16,15 @@ from metanas_jax.nn.fastconv import Conv
 EPS = 1e-5
 
 
+def batch_moments(x):
+    """Per-channel mean and (biased) variance over every axis but the last, in float32,
+    from one pass (``E[x^2] - E[x]^2``, clipped at 0)."""
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(xf, axes)
+    return mean, jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+
+
 class Norm(nn.Module):
     """Batch normalisation.
 
@@ -33,16 +42,13 @@ class Norm(nn.Module):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        axes = tuple(range(x.ndim - 1))
         if self.track:
             ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
             ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if self.track and not train:
             mean, var = ra_mean.value, ra_var.value
         else:
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            mean, var = batch_moments(x)
             if self.track and not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1 - m) * mean
