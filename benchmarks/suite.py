@@ -287,6 +287,8 @@ def main(argv=None):
         args.repeats, args.torch_repeats = min(args.repeats, 2), min(args.torch_repeats, 1)
         args.search_rounds, args.search_candidates = min(args.search_rounds, 3), 8
     command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__))] + sys.argv[1:])
+    if os.environ.get("GLIBC_TUNABLES"):  # the allocator settings change CPU times (README)
+        command = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} {command}"
     backend = jax.default_backend()
     dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}.get(
         args.dtype, jnp.float32 if backend == "cpu" else jnp.bfloat16)
