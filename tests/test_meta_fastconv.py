@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
@@ -176,7 +177,8 @@ def test_conv4_pooled_norm_equals_norm_relu_pool_to_second_order():
         params["norm1"]["scale"] = params["norm1"]["scale"] * -1.3
 
         def loss(apply):
-            return lambda p: jnp.mean(optax_xent(apply({"params": p}, x), y))
+            return lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+                apply({"params": p}, x), y))
 
         def maml(apply):  # one inner SGD step, then the loss: second-order through it
             return lambda p: loss(apply)(jax.tree.map(lambda a, g: a - 0.3 * g, p,
@@ -188,7 +190,3 @@ def test_conv4_pooled_norm_equals_norm_relu_pool_to_second_order():
             for got, want in zip(jax.tree.leaves(jax.grad(f(net.apply))(params)),
                                  jax.tree.leaves(jax.grad(f(Plain().apply))(params))):
                 np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
-
-
-def optax_xent(logits, labels):
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)[:, 0]
