@@ -1,4 +1,5 @@
 """fastconv: every implementation computes lax.conv, with the same first and second derivatives."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,8 @@ import optax
 import pytest
 
 from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
-from metanas_jax.nn.fastconv import conv2d, patches, resolve_impl
+from metanas_jax.nn.fastconv import Conv, conv2d, patches, resolve_impl
+from metanas_jax.nn.ops import Norm
 
 
 @pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 5), (2, "SAME", 6), (2, "VALID", 5)])
@@ -152,11 +154,6 @@ def test_conv4_pooled_norm_equals_norm_relu_pool_to_second_order():
     """Conv4's pool-first block (kernel flipped by sign(scale), |scale|) is the plain
     conv -> batch norm -> ReLU -> max-pool in value, gradient and MAML's second-order
     meta-gradient, with negative scales and tied activations (a constant image region)."""
-    import flax.linen as nn
-
-    from metanas_jax.nn.fastconv import Conv
-    from metanas_jax.nn.ops import Norm
-
     class Plain(nn.Module):
         @nn.compact
         def __call__(self, x):
