@@ -1,8 +1,9 @@
 """Embedded default: scikit-learn 8x8 digits (no download), all three stages in minutes on
 2 CPU cores. ``metanas run`` uses this file when no ``--config`` is given.
 
-NAS tasks: 5-class tasks of 64 train / 16 val images drawn from the digits training split;
-target task: the digits train split (minus a stratified validation part) / test split.
+NAS tasks: 5-class tasks of 64 train / 16 val images drawn from digits 0-4 (training split);
+target task, a new one: digits 5-9, train split (minus a stratified validation part) / test
+split. Source and target share no class and no image (checked at run time).
 """
 import ml_collections
 
@@ -21,9 +22,14 @@ def get_config(arg=None):
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"          # data.load spec of the meta-training source
+    c.data.source_split = "train"     # split of the source that NAS tasks are drawn from
+    # The target must be a *new* task: the same dataset as source and target only with
+    # disjoint classes (checked, as is every source image against the target's splits).
+    c.data.source_classes = "0-4"     # class indices / ranges / names; "" = all
     c.data.target = "digits"          # data.load spec of the new task
+    c.data.target_classes = "5-9"
     c.data.image_size = 8
-    c.data.n_classes = 10             # classes per NAS task (10 = same program as the target)
+    c.data.n_classes = 5              # classes per NAS task (= the target's: same program)
     c.data.n_train = 64               # train images per NAS task
     c.data.n_val = 16                 # validation images per NAS task
     c.data.num_tasks = 6              # NAS tasks for meta-learning
@@ -41,6 +47,8 @@ def get_config(arg=None):
     c.meta.evaluator_steps = 50
     c.meta.batch_tasks = 4
     c.meta.hidden = (64, 64)
+    c.meta.cv_folds = 5               # k-fold meta-evaluation over the NAS tasks (0 = off)
+    c.meta.cv_top_k = 1               # top-k regret in that evaluation
     c.meta.es_iterations = 1
     c.meta.es_population = 2
     # meta.method = "metanas": meta-weights + meta-architecture of the space's supernet,

@@ -1,7 +1,7 @@
 """``metanas``: the command line of the whole job.
 
     metanas run                                   # embedded default (8x8 digits), all stages
-    metanas run --config configs/cifar10_cpu.py --workdir runs/c10 --config.search.budget=50
+    metanas run --config configs/tinyimagenet_to_cifar10.py --workdir runs/t2c --config.search.budget=20
     metanas meta-train | search | train | report  [same options]
 
 Rerunning a command on the same workdir resumes it; a workdir made by an incompatible
@@ -99,6 +99,14 @@ def _format_summary(s: dict, report_path, wall: float) -> str:
         lines.append(f"validation accuracy {s['val_acc']:.4f}, test accuracy {s['test_acc']:.4f}")
     if "evaluations" in s:
         lines.append("evaluations used: " + ", ".join(f"{k} {v}" for k, v in s["evaluations"].items()))
+    if "cv" in s:
+        m, d = s["cv"]["mean"], s["cv"]["std"]
+        lines.append(f"evaluator, {s['cv']['k']}-fold cross-validated on held-out source tasks: "
+                     f"Kendall tau {m['before']:.3f} -> {m['after']:.3f} (+-{d['after']:.3f}) after "
+                     f"adaptation; top-{s['cv']['top_k']} regret {m['regret_after']:.3f} "
+                     f"(random choice {m['regret_random']:.3f})")
+    for w in s.get("warnings", []):
+        lines.append(f"WARNING: {w}")
     times = [f"{st} {s[f'{st} seconds']:.1f}s" for st in ("meta-train", "search", "train")
              if s.get(f"{st} seconds") is not None]
     if times:

@@ -37,7 +37,7 @@ def _default_config_path() -> Path:
 def load_config(spec: str | None = None) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``path.py`` or ``path.py:arg``; ``None``: the default).
 
-    A bare name like ``default`` or ``cifar10_cpu`` is looked up in ``configs/``.
+    A bare name like ``default`` or ``tinyimagenet_to_cifar10`` is looked up in ``configs/``.
     """
     if spec is None:
         path, arg = _default_config_path(), None

@@ -93,7 +93,7 @@ def _write_json(path: Path, obj):
 def _keys(cfg):
     root = jax.random.key(int(cfg.seed))
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(
-        ("tasks", "experience", "evaluator", "strategy", "search_eval", "search", "train"))}
+        ("tasks", "experience", "evaluator", "strategy", "search_eval", "search", "train", "cv"))}
 
 
 def _train_config(cfg) -> S.TrainConfig:
@@ -136,6 +136,8 @@ def prepare(cfg) -> Prepared:
     size = int(cfg.data.image_size) or None
     tr = data.load(cfg.data.target, split="train", image_size=size)
     te = data.load(cfg.data.target, split="test", image_size=size)
+    classes = data.parse_classes(cfg.data.target_classes, tr.class_names, "data.target_classes")
+    tr, te = data.select_classes(tr, classes), data.select_classes(te, classes)
     full = data.target_task(tr, te, val_fraction=float(cfg.data.val_fraction), seed=int(cfg.seed))
     s_tr = data.subsample(full.train, cfg.data.target_train, int(cfg.seed)) \
         if 0 < cfg.data.target_train < len(full.train) else full.train
@@ -165,10 +167,51 @@ def _resume(ck: StageCheckpoints, fresh: dict):
     step, state, rec = latest if latest is not None else (0, {}, fresh)
     return step, state, rec, time.perf_counter() - float(rec.get("seconds", 0.0))
 
-def _nas_tasks(cfg, keys) -> data.TaskBatch:
+def _same_dataset(a: str, b: str) -> bool:
+    """Whether two ``data.load`` specs name the same dataset (paths resolved)."""
+    def ident(spec):
+        kind, _, arg = str(spec).partition(":")
+        kind = kind.strip().lower()
+        if kind in ("folder", "omniglot") and arg:
+            arg = ",".join(str(Path(p.strip()).expanduser().resolve()) for p in arg.split(","))
+        return kind, arg.strip()
+    return ident(a) == ident(b)
+
+
+def source_dataset(cfg, prep: Prepared) -> data.Dataset:
+    """The meta-training source, kept apart from the target by construction and by check.
+
+    Different datasets: every source image is compared with the target's validation and
+    test images. The same dataset: only with explicitly disjoint ``data.source_classes``
+    and ``data.target_classes``, and the comparison covers the target's train split too.
+    Any shared image is refused with an error naming both specs."""
+    src_spec, tgt_spec = str(cfg.data.source), str(cfg.data.target)
+    same = _same_dataset(src_spec, tgt_spec)
+    if same and not (str(cfg.data.source_classes).strip() and str(cfg.data.target_classes).strip()):
+        raise ValueError(
+            f"source {src_spec!r} and target {tgt_spec!r} are the same dataset: meta-training "
+            f"tasks would contain the target's images; set disjoint data.source_classes and "
+            f"data.target_classes (e.g. '0-4' and '5-9'), or use another source")
+    src = data.load(src_spec, split=str(cfg.data.source_split),
+                    image_size=int(cfg.data.image_size) or None)
+    src = data.select_classes(src, data.parse_classes(cfg.data.source_classes, src.class_names,
+                                                      "data.source_classes"))
+    if same:
+        shared = sorted(set(src.class_names) & set(prep.target.train.class_names))
+        if shared:
+            raise ValueError(f"source {src_spec!r} and target {tgt_spec!r} are the same dataset "
+                             f"and share classes {shared[:5]}; data.source_classes and "
+                             f"data.target_classes must be disjoint")
+    splits = {"validation": prep.target.val, "test": prep.target.test}
+    if same:
+        splits = {"train": prep.target.train, **splits}
+    data.check_separated(src, splits, source_spec=src_spec, target_spec=tgt_spec)
+    return src
+
+
+def _nas_tasks(cfg, keys, prep: Prepared) -> data.TaskBatch:
     """The ``data.num_tasks`` NAS tasks (``n_train`` / ``n_val`` images) of the source."""
-    src = data.load(cfg.data.source, split="train", image_size=int(cfg.data.image_size) or None)
-    pool = data.ClassPool.from_dataset(src, per_class="min")
+    pool = data.ClassPool.from_dataset(source_dataset(cfg, prep), per_class="min")
     return data.sample_nas_tasks(keys["tasks"], pool, int(cfg.data.n_classes), int(cfg.data.n_train),
                                  int(cfg.data.n_val), int(cfg.data.num_tasks))
 
@@ -192,8 +235,15 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     n_tasks, per = int(cfg.data.num_tasks), int(cfg.meta.tasks_per_checkpoint)
     if per < 1 or n_tasks < 2:
         raise ValueError("meta.tasks_per_checkpoint must be >= 1 and data.num_tasks >= 2")
+    folds = int(cfg.meta.cv_folds)
+    if folds and not (2 <= folds <= n_tasks and int(cfg.meta.archs_per_task) >= 4):
+        raise ValueError(f"meta.cv_folds={folds}: cross-validation needs 2 <= folds <= data.num_tasks "
+                         f"({n_tasks}) and meta.archs_per_task >= 4 ({cfg.meta.archs_per_task}); "
+                         f"0 turns it off")
+    if int(cfg.meta.cv_top_k) < 1:
+        raise ValueError(f"meta.cv_top_k must be >= 1, got {cfg.meta.cv_top_k}")
     n_chunks = -(-n_tasks // per)
-    tasks = _nas_tasks(cfg, keys)
+    tasks = _nas_tasks(cfg, keys, prep)
     zs = list(state.get("zs", [])) if step <= n_chunks else None
     scores = list(state.get("scores", [])) if step <= n_chunks else None
     tcfg = _train_config(cfg)
@@ -227,11 +277,11 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     train_data = exp.meta_tasks()
     n = exp.scores.shape[1]
     ev = _evaluator(cfg, prep)
+    n_sup = min(16, n // 2)
 
     # 1b. evaluator (one checkpoint at the end: meta-training is deterministic in its key)
     if step == n_chunks:
         t0 = time.perf_counter()
-        n_sup = min(16, n // 2)
         params, losses = ev.meta_train(keys["evaluator"], train_data, steps=int(cfg.meta.evaluator_steps),
                                        batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
                                        n_query=n - n_sup, lr=1e-3)
@@ -244,7 +294,26 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         rec = ck.latest()[2]
     params = state["params"]
 
-    # 1c. strategy ES on simulated searches over the experience
+    # 1c. cross-validated meta-evaluation over the experience tasks (k folds)
+    if step == n_chunks + 1:
+        cv = None
+        if folds:
+            t0 = time.perf_counter()
+            with _bar(cfg, total=1, desc=f"meta-train: {folds}-fold cross-validation", unit="run") as bar:
+                cv = S.cross_validate(ev, train_data, keys["cv"], folds=folds, n_observed=n // 2,
+                                      top_k=int(cfg.meta.cv_top_k), steps=int(cfg.meta.evaluator_steps),
+                                      batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
+                                      n_query=n - n_sup, lr=1e-3)
+                bar.update(1)
+            cv["seconds"] = time.perf_counter() - t0
+            for f, row in enumerate(cv["folds"]):
+                metrics.log(phase="cv", fold=f, **row)
+            metrics.log(phase="cv", summary=True, k=cv["k"], mean=cv["mean"], std=cv["std"])
+        step = n_chunks + 2
+        rec = {**rec, "phase": "cv", "cv": cv, "seconds": time.perf_counter() - t_start}
+        ck.save(step, state, rec)
+
+    # 1d. strategy ES on simulated searches over the experience
     t0 = time.perf_counter()
     batch = int(cfg.search.batch_size)
     meta = S.MetaSearcher(evaluator=ev, params=params, strategy=S.StrategyParams.create(),
@@ -261,9 +330,41 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                 seconds=time.perf_counter() - t0)
     record = {"phase": "strategy", "done": True, "seconds": time.perf_counter() - t_start,
               "evaluator_loss": rec.get("evaluator_loss", []), "strategy": meta_es.strategy.describe(),
-              "experience_mean_acc": float(exp.scores.mean())}
-    ck.save(n_chunks + 2, {"params": params, "strategy": np.asarray(meta_es.strategy.as_vector())}, record)
+              "experience_mean_acc": float(exp.scores.mean()), "chance": 1.0 / int(cfg.data.n_classes),
+              "cv": rec.get("cv")}
+    record["warnings"] = evaluator_warnings(record)
+    for w in record["warnings"]:
+        metrics.log(phase="warning", message=w)
+    ck.save(n_chunks + 3, {"params": params, "strategy": np.asarray(meta_es.strategy.as_vector())}, record)
     return record
+
+
+def evaluator_warnings(record: dict) -> list[str]:
+    """What in a meta-train record says the meta-learner cannot be trusted: experience at
+    chance (the proxy carries no signal), a rising meta-training loss, a held-out rank
+    correlation <= 0 or a top-k regret no better than random choice."""
+    out = []
+    acc, chance = record.get("experience_mean_acc"), record.get("chance")
+    if acc is not None and chance and acc < 1.5 * chance:
+        out.append(f"NAS-experience accuracy {acc:.3f} is near chance ({chance:.3f}): the candidate "
+                   f"training proxy (meta.train_steps, data.n_train) carries little signal")
+    losses = np.asarray(record.get("evaluator_loss") or [], np.float64)
+    if losses.size >= 4:
+        k = max(1, losses.size // 10)
+        first, last = float(losses[:k].mean()), float(losses[-k:].mean())
+        if not np.isfinite(last) or last > first:
+            out.append(f"evaluator meta-training loss rose from {first:.3g} to {last:.3g} (diverged)")
+    cv = record.get("cv")
+    if cv:
+        m = cv["mean"]
+        if m["after"] <= 0:
+            out.append(f"held-out Kendall tau after adaptation {m['after']:.3f} <= 0 "
+                       f"({cv['k']}-fold cross-validation): the evaluator does not rank new tasks' "
+                       f"architectures")
+        if m["regret_after"] >= m["regret_random"]:
+            out.append(f"held-out top-{cv['top_k']} regret after adaptation {m['regret_after']:.3f} is "
+                       f"no better than random choice ({m['regret_random']:.3f})")
+    return out
 
 
 # -- stage 1, gradient-based: MetaNAS ----------------------------------------------------------
@@ -309,7 +410,7 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     if rec.get("done"):
         return rec
     learner, mcfg = _metanas(cfg, prep)
-    tasks = _nas_tasks(cfg, keys)
+    tasks = _nas_tasks(cfg, keys, prep)
     if step:
         state = _metanas_state(learner, mcfg, prep, st["leaves"])
     else:
@@ -535,6 +636,11 @@ def summary(workdir: Path) -> dict:
         latest = _stage_done(workdir, st)
         if latest is not None:
             out[f"{st} seconds"] = latest[2].get("seconds")
+            if st == "meta-train":
+                if latest[2].get("cv"):
+                    cv = latest[2]["cv"]
+                    out["cv"] = {"k": cv["k"], "top_k": cv["top_k"], "mean": cv["mean"], "std": cv["std"]}
+                out["warnings"] = latest[2].get("warnings", [])
             if st == "search":
                 res = latest[2]["results"]
                 out["evaluations"] = {k: len(v["scores"]) for k, v in res.items()}

@@ -120,6 +120,23 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _cv_section(cv: dict) -> list[str]:
+    """The evaluator's k-fold meta-evaluation over source tasks: per fold and mean +- std."""
+    keys = (("before", "tau before"), ("after", "tau after"), ("regret_before", "regret before"),
+            ("regret_after", "regret after"), ("regret_random", "regret random"))
+    lines = ["## Evaluator, cross-validated over source tasks", "",
+             f"{cv['k']} folds: meta-trained on the other folds, measured on the held-out tasks' "
+             f"architectures (Kendall tau, top-{cv['top_k']} regret) before and after adapting to "
+             f"{cv['n_observed']} of their scored architectures.", "",
+             "| fold | held-out tasks | " + " | ".join(k[1] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for f, row in enumerate(cv["folds"]):
+        lines.append(f"| {f} | {len(row['held_out'])} | " + " | ".join(f"{row[k]:.3f}" for k, _ in keys) + " |")
+    lines.append("| mean +- std | | " + " | ".join(f"{cv['mean'][k]:.3f} +- {cv['std'][k]:.3f}"
+                                             for k, _ in keys) + " |")
+    return lines + [""]
+
+
 def write_report(workdir) -> Path:
     """Write ``workdir/report/report.md`` (+ figures) and return its path."""
     workdir = Path(workdir)
@@ -149,6 +166,13 @@ def write_report(workdir) -> Path:
         rows.append(("train", f"{t['seconds']:.1f}", f"{t['epochs']} epochs, {t['compute_dtype']}"))
     lines += ["## Stages", "", "| " + " | ".join(rows[0]) + " |", "|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+    missing = [st for st, rec in recs.items() if not rec]
+    if missing:
+        lines += [f"Stages not finished in this workdir (not shown): {', '.join(missing)}.", ""]
+    if m and m.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in m["warnings"]] + [""]
+    if m and m.get("cv"):
+        lines += _cv_section(m["cv"])
     if s:
         res = s["results"]
         plot_search(res, out / "search.png")

@@ -58,6 +58,9 @@ def test_stage_order(tmp_path, capsys):
 
 
 def test_shipped_configs_load():
-    for name in ("default", "cifar10_cpu", "cifar10_reference"):
+    for name in ("default", "tinyimagenet_to_cifar10", "configs/tinyimagenet_to_cifar10.py:full",
+                 "cifar10_reference", "metanas_digits"):
         cfg = load_config(name)
         assert cfg.search.budget >= 1
+    with pytest.raises(ValueError, match="'cpu' or 'full'"):
+        load_config("configs/tinyimagenet_to_cifar10.py:huge")

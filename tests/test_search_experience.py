@@ -69,3 +69,21 @@ def test_round_evaluation_is_one_program_and_position_independent():
     # a round smaller than the chunk: the padding pair is skipped, the others unchanged
     np.testing.assert_allclose(evaluate(zs[1:]), a[1:], atol=1e-6)
     assert evaluate.stats["evaluations"] == 11 and evaluate.stats["compilations"] <= 1
+
+
+def test_proxy_fidelity_ranks_proxies_against_a_reference():
+    from metanas_jax.search import proxy_fidelity
+    sx, sy, qx, qy = (a[0] for a in tiny_tasks(t=1, s=12, q=24))
+    zs = np.asarray(SPACE.sample(jax.random.key(5), 6))
+    key = jax.random.key(9)
+    long = TrainConfig(steps=30, lr=1e-2, chunk=4)
+    ref = make_evaluate_fn(SPACE, (sx, sy, qx, qy), key, num_classes=3, train=long)(zs)
+    out = proxy_fidelity(SPACE, (sx, sy, qx, qy), zs, key, {"same": long, "short": CFG}, ref,
+                         num_classes=3)
+    assert out["same"]["tau"] == pytest.approx(1.0)  # the reference itself: identical ranking
+    assert -1.0 <= out["short"]["tau"] <= 1.0
+    for r in out.values():
+        assert r["seconds_per_arch"] > 0 and len(r["scores"]) == 6
+        assert r["tau_per_second"] == pytest.approx(r["tau"] / r["seconds_per_arch"])
+    with pytest.raises(ValueError, match="reference_scores"):
+        proxy_fidelity(SPACE, (sx, sy, qx, qy), zs, key, {"short": CFG}, ref[:2])

@@ -18,6 +18,7 @@ Example::
 
 from .augment import augment, denormalize, normalize, random_crop, random_flip, resize
 from .cache import default_cache_dir
+from .separation import check_separated, image_digests, parse_classes, select_classes
 from .sources import KNOWN_SPECS, TFDS_NAMES, Dataset, decode_images, load, resize_images
 from .tasks import (
     ClassPool,
@@ -50,6 +51,10 @@ __all__ = [
     "target_task",
     "subsample",
     "task_batch_from_datasets",
+    "parse_classes",
+    "select_classes",
+    "image_digests",
+    "check_separated",
     "normalize",
     "denormalize",
     "resize",

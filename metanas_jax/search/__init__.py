@@ -12,12 +12,16 @@
 * :mod:`~metanas_jax.search.tabular`: table benchmarks, ``load_nb201``.
 * :mod:`~metanas_jax.search.experience`: NAS experience (scored architectures per task),
   collected by batched short training and stored as ``.npz``.
+* :mod:`~metanas_jax.search.fidelity`: how well a short training proxy ranks architectures
+  against a long training (Kendall tau, seconds, tau per second).
 """
 from metanas_jax.search.baselines import NeighbourhoodSearch, RandomSearch, RegularizedEvolution
 from metanas_jax.search.evaluator import (Evaluator, EvaluatorConfig, ImageSetEncoder, MetaTasks,
-                                          kendall_tau, tau_before_after)
+                                          cross_validate, kendall_tau, random_top_k_regret,
+                                          task_folds, tau_before_after, top_k_regret)
 from metanas_jax.search.experience import (Experience, TrainConfig, collect_experience,
                                            load_experience, make_evaluate_fn, save_experience)
+from metanas_jax.search.fidelity import proxy_fidelity
 from metanas_jax.search.meta_searcher import MetaSearcher, MetaSearchState, scratch_searcher
 from metanas_jax.search.searcher import (BasicState, History, Searcher, arch_index, best,
                                          best_so_far, history_add, history_init, index_to_z,
@@ -31,9 +35,10 @@ __all__ = [
     "Searcher", "History", "BasicState", "run_search", "scan_search", "propose_unique",
     "history_init", "history_add", "best", "best_so_far", "seen", "space_size", "arch_index",
     "index_to_z", "RandomSearch", "RegularizedEvolution", "NeighbourhoodSearch", "Evaluator", "EvaluatorConfig",
-    "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "StrategyConfig",
+    "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "top_k_regret",
+    "random_top_k_regret", "task_folds", "cross_validate", "StrategyConfig",
     "StrategyParams", "propose", "meta_train_strategy", "pool_lookup", "MetaSearcher",
     "MetaSearchState", "scratch_searcher", "TabularBenchmark", "load_nb201", "nb201_path",
     "Experience", "TrainConfig", "collect_experience", "make_evaluate_fn", "save_experience",
-    "load_experience",
+    "load_experience", "proxy_fidelity",
 ]

@@ -42,6 +42,7 @@ from metanas_jax.spaces.base import SearchSpace
 
 TASK_INPUTS = ("images", "table", "none")
 INNER_CLIP = 10.0  # global-norm clip of inner-loop gradients
+MIN_SCALE = 0.01   # smallest score spread a meta-training loss is divided by (1 point of accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +224,7 @@ class Evaluator:
         std = jnp.sqrt(jnp.sum((scores - mean) ** 2 * m) / jnp.maximum(k - 1.0, 1.0))
         prior_scale = jnp.exp(params["prior"]["log_scale"])
         loc = jnp.where(k >= 1, mean, params["prior"]["loc"])
-        scale = jnp.where(k >= 2, jnp.maximum(std, 1e-3), prior_scale)
+        scale = jnp.where(k >= 2, jnp.maximum(std, MIN_SCALE), prior_scale)
         return {"loc": loc, "scale": scale}
 
     def fast_init(self, params: dict, scores: jax.Array | None = None,
@@ -280,7 +281,7 @@ class Evaluator:
         k = m.sum()
         mean = jnp.sum(scores * m) / jnp.maximum(k, 1.0)
         std = jnp.sqrt(jnp.sum((scores - mean) ** 2 * m) / jnp.maximum(k - 1.0, 1.0))
-        norm = {"loc": mean, "scale": jnp.where(k >= 2, jnp.maximum(std, 1e-3), 1.0)}
+        norm = {"loc": mean, "scale": jnp.where(k >= 2, jnp.maximum(std, MIN_SCALE), 1.0)}
         train = {"predictor": fast["predictor"], "delta": fast["delta"]}
         opt = optax.adam(lr)
 
@@ -297,11 +298,13 @@ class Evaluator:
         return {**train, "norm": norm}
 
     # -- meta-training -----------------------------------------------------------------
-    def episode_loss(self, params, task, zs_s, y_s, mask_s, zs_q, y_q):
+    def episode_loss(self, params, task, zs_s, y_s, mask_s, zs_q, y_q, scale):
+        """Query error after adaptation in units of ``scale``, the task's score spread over
+        all its scored architectures (not the few query scores': with a handful of
+        quantized accuracies their spread is often 0 and the loss would explode)."""
         ctx = self.context(params, task)
         fast = self.adapt(params, ctx, zs_s, y_s, mask_s)
         pred = self.predict(fast, ctx, zs_q)
-        scale = jnp.std(y_q) + 1e-3
         loss = jnp.mean((pred - y_q) ** 2) / scale ** 2
         if self.config.rank_weight > 0:
             dp = pred[:, None] - pred[None, :]
@@ -313,8 +316,9 @@ class Evaluator:
     def sample_episode(self, key, data: MetaTasks, n_support: int, n_query: int,
                        p_unknown: float):
         """One episode: a task, up to ``n_support`` observed pairs (how many is uniform in
-        ``[0, n_support]``, so the prior without observations is trained too), and
-        ``n_query`` held-out pairs."""
+        ``[0, n_support]``, so the prior without observations is trained too), ``n_query``
+        held-out pairs, and the task's score spread (its standard deviation over all scored
+        architectures, at least :data:`MIN_SCALE`)."""
         k_t, k_s, k_q, k_k, k_u = jax.random.split(key, 5)
         t = jax.random.randint(k_t, (), 0, data.scores.shape[0])
         n = data.scores.shape[1]
@@ -327,8 +331,9 @@ class Evaluator:
         task = jax.tree.map(lambda a: a[t], data.task)
         if self.config.task_input == "table":  # train the "unknown table" row as well
             task = jnp.where(jax.random.uniform(k_u) < p_unknown, -1, task)
+        scale = jnp.maximum(jnp.std(data.scores[t]), MIN_SCALE)
         return (task, data.zs[t, s_idx], data.scores[t, s_idx], jnp.arange(n_support) < k,
-                data.zs[t, q_idx], data.scores[t, q_idx])
+                data.zs[t, q_idx], data.scores[t, q_idx], scale)
 
     def meta_train(self, key: jax.Array, data: MetaTasks, *, steps: int = 1000,
                    batch_tasks: int = 8, n_support: int = 64, n_query: int = 64,
@@ -407,13 +412,32 @@ def kendall_tau(pred, true) -> float:
     return float(0.0 if np.isnan(tau) else tau)
 
 
+def top_k_regret(pred, true, k: int = 1) -> float:
+    """Best true score minus the best true score among the ``k`` highest predictions: what
+    choosing by the prediction costs against an oracle (0 is perfect)."""
+    pred, true = np.asarray(pred, np.float64).ravel(), np.asarray(true, np.float64).ravel()
+    k = max(1, min(int(k), true.size))
+    return float(true.max() - true[np.argsort(-pred, kind="stable")[:k]].max())
+
+
+def random_top_k_regret(true, k: int = 1) -> float:
+    """Expected :func:`top_k_regret` of ``k`` choices drawn at random without replacement:
+    the reference an evaluator's regret must beat."""
+    y = np.sort(np.asarray(true, np.float64).ravel())
+    n, k = y.size, max(1, min(int(k), y.size))
+    from math import comb
+    p = np.asarray([comb(i, k - 1) for i in range(n)], np.float64) / comb(n, k)
+    return float(y[-1] - np.sum(p * y))
+
+
 def tau_before_after(ev: Evaluator, params: dict, data: MetaTasks, key: jax.Array, *,
                      n_observed: int = 20, n_eval: int = 1000, repeats: int = 5,
-                     steps: int | None = None) -> dict[str, np.ndarray]:
-    """Kendall tau of the evaluator on each task of ``data`` (held-out tasks) before and
-    after adapting to ``n_observed`` random scored architectures, measured on ``n_eval``
-    other architectures of the task; averaged over ``repeats`` draws. Returns
-    ``{"before": (T,), "after": (T,), "mse_before": (T,), "mse_after": (T,)}``."""
+                     steps: int | None = None, top_k: int = 1) -> dict[str, np.ndarray]:
+    """Kendall tau and top-``k`` regret of the evaluator on each task of ``data`` (held-out
+    tasks) before and after adapting to ``n_observed`` random scored architectures,
+    measured on ``n_eval`` other architectures of the task; averaged over ``repeats``
+    draws. Returns ``{"before", "after", "mse_before", "mse_after", "regret_before",
+    "regret_after", "regret_random"}``, each ``(T,)`` (tau under the first two keys)."""
     check_meta_tasks(ev.space, data)
     n_tasks, n = data.scores.shape[:2]
     n_eval = min(n_eval, n - n_observed)
@@ -429,7 +453,9 @@ def tau_before_after(ev: Evaluator, params: dict, data: MetaTasks, key: jax.Arra
         fast = ev.adapt(params, ctx, zs[o], ys[o], jnp.ones((n_observed,), bool), steps)
         return before, ev.predict(fast, ctx, zs[e]), ys[e]
 
-    out = {k: np.zeros((n_tasks,)) for k in ("before", "after", "mse_before", "mse_after")}
+    keys = ("before", "after", "mse_before", "mse_after", "regret_before", "regret_after",
+            "regret_random")
+    out = {k: np.zeros((n_tasks,)) for k in keys}
     for t in range(n_tasks):
         task = jax.tree.map(lambda a: a[t], data.task)
         for r, k in enumerate(jax.random.split(jax.random.fold_in(key, t), repeats)):
@@ -438,4 +464,44 @@ def tau_before_after(ev: Evaluator, params: dict, data: MetaTasks, key: jax.Arra
             out["after"][t] += kendall_tau(a, y) / repeats
             out["mse_before"][t] += float(np.mean((b - y) ** 2)) / repeats
             out["mse_after"][t] += float(np.mean((a - y) ** 2)) / repeats
+            out["regret_before"][t] += top_k_regret(b, y, top_k) / repeats
+            out["regret_after"][t] += top_k_regret(a, y, top_k) / repeats
+            out["regret_random"][t] += random_top_k_regret(y, top_k) / repeats
     return out
+
+
+def task_folds(num_tasks: int, folds: int, key: jax.Array) -> list[np.ndarray]:
+    """A random partition of ``range(num_tasks)`` into ``folds`` parts of near-equal size
+    (every task in exactly one fold)."""
+    if not 2 <= folds <= num_tasks:
+        raise ValueError(f"cross-validation needs 2 <= folds <= number of tasks ({num_tasks}), "
+                         f"got folds={folds}")
+    perm = np.asarray(jax.random.permutation(key, num_tasks))
+    return [np.sort(part) for part in np.array_split(perm, folds)]
+
+
+def cross_validate(ev: Evaluator, data: MetaTasks, key: jax.Array, *, folds: int = 5,
+                   n_observed: int, top_k: int = 1, repeats: int = 3, **meta_train_kw) -> dict:
+    """k-fold meta-evaluation over tasks: per fold, meta-train on the other folds
+    (``meta_train_kw`` as for :meth:`Evaluator.meta_train`) and measure, on the held-out
+    tasks, Kendall tau and top-``k`` regret before and after adapting to ``n_observed``
+    scored architectures (:func:`tau_before_after`). Returns per-fold means (``"folds"``)
+    and their mean and standard deviation over folds (``"mean"``, ``"std"``)."""
+    check_meta_tasks(ev.space, data)
+    k_split, k_train, k_eval = jax.random.split(key, 3)
+    parts = task_folds(int(data.scores.shape[0]), int(folds), k_split)
+    per_fold = []
+    for f, held in enumerate(parts):
+        rest = np.setdiff1d(np.arange(data.scores.shape[0]), held)
+        sub = lambda idx: MetaTasks(zs=data.zs[idx], scores=data.scores[idx],
+                                    task=jax.tree.map(lambda a: a[idx], data.task))
+        params, losses = ev.meta_train(jax.random.fold_in(k_train, f), sub(rest), **meta_train_kw)
+        m = tau_before_after(ev, params, sub(held), jax.random.fold_in(k_eval, f),
+                             n_observed=n_observed, repeats=repeats, top_k=top_k)
+        per_fold.append({"held_out": held.tolist(), "train_loss_first": float(losses[0]),
+                         "train_loss_last": float(np.mean(losses[-max(1, len(losses) // 10):])),
+                         **{k: float(np.mean(v)) for k, v in m.items()}})
+    names = [k for k in per_fold[0] if k not in ("held_out",)]
+    return {"folds": per_fold, "k": len(parts), "n_observed": int(n_observed), "top_k": int(top_k),
+            "mean": {k: float(np.mean([p[k] for p in per_fold])) for k in names},
+            "std": {k: float(np.std([p[k] for p in per_fold])) for k in names}}
