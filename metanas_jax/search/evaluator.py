@@ -29,6 +29,7 @@ differentiated through the inner loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import chex
@@ -353,17 +354,16 @@ class Evaluator:
         k_init, key = jax.random.split(key)
         if params is None:
             params = self.init(k_init, jax.tree.map(lambda a: a[0], data.task))
-        opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-        losses, runs = [], {}
+        opt = _meta_optimizer(float(lr))
+        losses = []
         opt_state = opt.init(params)
         done = 0
         while done < steps:
             chunk = min(50, steps - done)
-            if chunk not in runs:
-                runs[chunk] = _meta_train_chunk(self, opt, batch_tasks, n_support, n_query,
-                                                float(p_unknown), chunk)
+            run = _meta_train_chunk(self, float(lr), batch_tasks, n_support, n_query,
+                                    float(p_unknown), chunk)
             key, sub = jax.random.split(key)
-            params, opt_state, l = runs[chunk](params, opt_state, data, sub)
+            params, opt_state, l = run(params, opt_state, data, sub)
             losses.append(np.asarray(l))
             done += chunk
             if log_every and (done % log_every < chunk or done == steps):
@@ -378,7 +378,15 @@ def _clip(tree, max_norm):
     return jax.tree.map(lambda x: x * factor, tree)
 
 
-def _meta_train_chunk(ev: Evaluator, opt, batch_tasks, n_support, n_query, p_unknown, chunk):
+def _meta_optimizer(lr: float):
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_train_chunk(ev: Evaluator, lr, batch_tasks, n_support, n_query, p_unknown, chunk):
+    """One jitted program per setting, shared by every ``meta_train`` call (the folds of
+    :func:`cross_validate` reuse it instead of compiling it again)."""
+    opt = _meta_optimizer(lr)
     def one_step(carry, key):
         params, opt_state, data = carry
         eps = jax.vmap(lambda k: ev.sample_episode(k, data, n_support, n_query, p_unknown))(
