@@ -35,7 +35,7 @@ import numpy as np
 from metanas_jax import data, pipeline
 from metanas_jax import search as S
 from metanas_jax import train as T
-from metanas_jax.config import apply_overrides, load_config, to_dict
+from metanas_jax.config import apply_overrides, check_workdir, load_config, to_dict
 
 
 def machine() -> dict:
@@ -109,7 +109,6 @@ def main(argv=None):
         cfg.runtime.progress = False
         wd = root / f"seed{seed}"
         t0 = time.perf_counter()
-        from metanas_jax.config import check_workdir
         check_workdir(cfg, wd)
         prep = pipeline.prepare(cfg)
         meta = pipeline.meta_train(cfg, wd, prep)

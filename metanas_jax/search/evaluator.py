@@ -498,11 +498,13 @@ def cross_validate(ev: Evaluator, data: MetaTasks, key: jax.Array, *, folds: int
     check_meta_tasks(ev.space, data)
     k_split, k_train, k_eval = jax.random.split(key, 3)
     parts = task_folds(int(data.scores.shape[0]), int(folds), k_split)
+    def sub(idx):
+        return MetaTasks(zs=data.zs[idx], scores=data.scores[idx],
+                         task=jax.tree.map(lambda a: a[idx], data.task))
+
     per_fold = []
     for f, held in enumerate(parts):
         rest = np.setdiff1d(np.arange(data.scores.shape[0]), held)
-        sub = lambda idx: MetaTasks(zs=data.zs[idx], scores=data.scores[idx],
-                                    task=jax.tree.map(lambda a: a[idx], data.task))
         params, losses = ev.meta_train(jax.random.fold_in(k_train, f), sub(rest), **meta_train_kw)
         m = tau_before_after(ev, params, sub(held), jax.random.fold_in(k_eval, f),
                              n_observed=n_observed, repeats=repeats, top_k=top_k)
