@@ -19,6 +19,7 @@ def get_config(arg=None):
     c.space.ops = ("conv3x3", "sep_conv3x3", "max_pool3x3", "identity")
     c.space.widths = (8, 16)
     c.space.stem_width = 8
+    c.space.stem_kernel = 3           # 2: a stem that train.whiten_stem can make a patch-whitening layer
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"          # data.load spec of the meta-training source
@@ -81,6 +82,13 @@ def get_config(arg=None):
     c.train.flip = False              # digits are not mirror-symmetric
     c.train.bf16 = "auto"             # "auto": bf16 compute on GPU/TPU, float32 on CPU; or "on"/"off"
     c.train.eval_batch_size = 500
+    # the fast recipe's options (metanas_jax.train.RECIPES["fast"] sets all of them)
+    c.train.schedule = "cosine"       # or "triangle" (0.2 lr -> lr over warmup_epochs -> 0)
+    c.train.ema = 0.0                 # moving average of the weights, evaluated and exported
+    c.train.alternate_flip = False    # mirror each image every other epoch instead of at random
+    c.train.tta = "none"              # test-time augmentation: "none", "flip", "flip_shift"
+    c.train.whiten_stem = False       # frozen patch-whitening stem (needs space.stem_kernel = 2)
+    c.train.conv_impl = "auto"        # "auto" (matmul on CPU, xla elsewhere), "xla", "matmul"
 
     c.runtime = ml_collections.ConfigDict()  # never affects results
     c.runtime.progress = True

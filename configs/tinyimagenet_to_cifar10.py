@@ -12,14 +12,19 @@ test images at run time.
 (the full 32-number encoding) of widths 8/16, 24 tasks x 8 architectures of experience,
 each candidate 5 full-batch Adam steps on 64 images and scored on 256 (source) or 1,000
 (target) validation images, 50 evaluations per method, 4 epochs of final training.
-``full``: the design's sizes: 32x32, widths 16-64, 100 tasks of 64 train / 16 val x 64
-architectures, 200 evaluations, 300 epochs.
+``full``: the design's sizes: 32x32, the CIFAR space of ``spaces.CIFAR_SPACE`` (widths
+32-256, a 2x2 stem that the fast recipe whitens), 100 tasks of 64 train / 16 val x 64
+architectures, 200 evaluations, final training with the fast recipe
+(``train.RECIPES["fast"]``, 20 epochs); ``cifar10_reference.py`` trains 300 epochs with the
+standard recipe instead.
 Data paths: ``../shared/data`` by default; the environment variables ``METANAS_TINYIMAGENET``
 and ``METANAS_CIFAR10`` point elsewhere.
 """
 import os
 from pathlib import Path
 
+from metanas_jax import spaces
+from metanas_jax import train as T
 from metanas_jax.config import load_config
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -30,8 +35,7 @@ CIFAR10 = os.environ.get("METANAS_CIFAR10", str(SHARED / "cifar10" / "cifar10-jp
 REFERENCE_ARCH = {
     "cpu": "conv3x3-8 | conv3x3-8+res | conv3x3-16/2 | conv3x3-16+res | conv3x3-16/2 | "
            "conv3x3-16+res | conv3x3-16/2 | conv3x3-16+res",
-    "full": "conv3x3-32 | conv3x3-32+res | conv3x3-64/2 | conv3x3-64+res | conv3x3-64/2 | "
-            "conv3x3-64+res | conv3x3-64/2 | conv3x3-64+res",
+    "full": spaces.REFERENCE_ARCHS["airbench8"],
 }
 
 
@@ -82,8 +86,9 @@ def get_config(arg="cpu"):
         c.data.num_tasks = 100
         c.data.target_train = 5000
         c.data.target_val = 1000
-        c.space.widths = (16, 32, 48, 64)
-        c.space.stem_width = 16
+        c.space.widths = spaces.CIFAR_SPACE["widths"]
+        c.space.stem_width = spaces.CIFAR_SPACE["stem_width"]
+        c.space.stem_kernel = spaces.CIFAR_SPACE["stem_kernel"]
         c.meta.archs_per_task = 64
         c.meta.train_steps = 50
         c.meta.chunk = 64
@@ -97,7 +102,6 @@ def get_config(arg="cpu"):
         c.search.batch_size = 20
         c.search.n_random = 256
         c.search.n_starts = 16
-        c.train.epochs = 300
-        c.train.crop_pad = 4
-        c.train.warmup_epochs = 5
+        c.train.update(T.RECIPES["fast"])
+        c.train.epochs = 20
     return c

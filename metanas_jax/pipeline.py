@@ -132,7 +132,8 @@ def prepare(cfg) -> Prepared:
     if cfg.space.name != "macro32":
         raise ValueError(f"space.name: the pipeline supports 'macro32' so far, got {cfg.space.name!r}")
     space = spaces.get(cfg.space.name, layers=int(cfg.space.layers), ops=tuple(cfg.space.ops),
-                       widths=tuple(cfg.space.widths), stem_width=int(cfg.space.stem_width))
+                       widths=tuple(cfg.space.widths), stem_width=int(cfg.space.stem_width),
+                       stem_kernel=int(cfg.space.stem_kernel))
     size = int(cfg.data.image_size) or None
     tr = data.load(cfg.data.target, split="train", image_size=size)
     te = data.load(cfg.data.target, split="test", image_size=size)
@@ -579,7 +580,7 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     start, seconds0 = None, 0.0
     if latest is not None:
         step, st, rec = latest
-        template = _template_state(prep, arch, fcfg, key)
+        template = _template_state(prep, arch, fcfg)
         state = jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(x) for x in st["leaves"]])
         start, seconds0 = (step, state, rec["history"]), float(rec["seconds"])
     t_start = time.perf_counter() - seconds0
@@ -594,7 +595,7 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     state, net, history, result = T.train(prep.space, arch, prep.target, fcfg, key, start=start,
                                           on_epoch=on_epoch, progress=bool(cfg.runtime.progress))
     from metanas_jax.export import save_model
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.eval_variables()
     save_model(workdir / "export", arch, variables, num_classes=prep.num_classes,
                image_shape=prep.target.train.image_shape, class_names=prep.target.train.class_names,
                extra={"val_acc": result["val_acc"], "test_acc": result["test_acc"]})
@@ -606,13 +607,10 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     return record
 
 
-def _template_state(prep, arch, fcfg, key):
-    from metanas_jax import nn as mnn
-    net = mnn.build(prep.space, arch, prep.num_classes, dtype=fcfg.compute_dtype())
-    steps = max(len(prep.target.train) // fcfg.batch_size, 1)
-    tx = T.make_optimizer(fcfg, steps)
-    k_init, _ = jax.random.split(key)
-    return jax.eval_shape(lambda: T.create_state(net, k_init, prep.target.train.image_shape, tx))
+def _template_state(prep, arch, fcfg):
+    """Shapes of the final-training state (traced, nothing computed) to restore into."""
+    net, tx, _ = T.setup(prep.space, arch, prep.target.train, fcfg)
+    return T.state_shapes(net, prep.target.train.image_shape, tx, fcfg)
 
 
 # -- all ---------------------------------------------------------------------------------------

@@ -1,5 +1,15 @@
-"""Final training of one architecture: SGD (Nesterov), cosine schedule with warm-up,
-weight decay, label smoothing, random crop + flip, bf16 compute on accelerators.
+"""Final training of one architecture: pure, jitted train/eval steps and a resumable loop.
+
+Two recipes share one code path, selected by the config's ``train`` keys (all validated):
+
+* the standard one: SGD (Nesterov), warm-up + cosine schedule, weight decay, label
+  smoothing, random crop + flip; the 300-epoch reference recipe of the design is this one
+  with ``epochs=300`` (GPU/TPU);
+* a fast one, :data:`RECIPES` ``["fast"]``, after airbench (Jordan 2024): a triangular
+  schedule, heavy label smoothing, an exponential moving average of the weights evaluated
+  instead of them, alternating flips (every image is mirrored in exactly one of two
+  consecutive epochs), a frozen patch-whitening first layer (the space's stem, when it is
+  a 2x2 convolution: ``space.stem_kernel = 2``) and test-time flip averaging.
 
 The core is pure: :func:`create_state` and the jitted :func:`make_train_step` /
 :func:`make_eval_step`. :func:`train` is the host loop; every epoch's data order and
@@ -10,6 +20,7 @@ here, once, at the end (search never sees it).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -18,9 +29,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from metanas_jax import data as data_mod
 from metanas_jax import nn as mnn
+from metanas_jax.nn.fastconv import patches
+
+SCHEDULES = ("cosine", "triangle")
+TTA = ("none", "flip", "flip_shift")
+CONV_IMPLS = ("auto", "xla", "matmul")
+STEM_KERNEL = ("stem", "conv", "kernel")
+
+# Named recipes: overrides of the ``train`` config keys. "fast" is airbench's recipe
+# (Jordan 2024) as far as it applies to any architecture of a space; lr and batch size are
+# for SGD on the mean loss (airbench's 11.5 is per summed-loss, scaled by its batch 1024).
+RECIPES = {
+    "standard": dict(schedule="cosine", warmup_epochs=1, lr=0.1, momentum=0.9, nesterov=True,
+                     weight_decay=5e-4, label_smoothing=0.1, batch_size=128, crop_pad=4, flip=True,
+                     alternate_flip=False, ema=0.0, tta="none", whiten_stem=False),
+    "fast": dict(schedule="triangle", warmup_epochs=2, lr=0.2, momentum=0.85, nesterov=True,
+                 weight_decay=5e-4, label_smoothing=0.2, batch_size=512, crop_pad=2, flip=True,
+                 alternate_flip=True, ema=0.99, tta="flip_shift", whiten_stem=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,61 +67,188 @@ class FinalTrainConfig:
     flip: bool = True
     bf16: str = "auto"
     eval_batch_size: int = 1000
+    schedule: str = "cosine"         # "cosine": warm-up + cosine; "triangle": 0.2 lr -> lr -> 0, linear
+    ema: float = 0.0                 # decay of a moving average of the weights used at evaluation (0: off)
+    alternate_flip: bool = False     # mirror each image in every other epoch instead of at random
+    tta: str = "none"                # test-time augmentation: "none", "flip", "flip_shift"
+    whiten_stem: bool = False        # stem conv = frozen patch whitening of the training images
+    conv_impl: str = "auto"          # convolutions (nn.fastconv): "auto" = "matmul" on CPU, "xla" elsewhere
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "label_smoothing", "ema"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"train.{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train: need lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1; "
                              f"got {self.lr}, {self.weight_decay}, {self.label_smoothing}")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ValueError(f"train.bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.ema < 1:
+            raise ValueError(f"train.momentum and train.ema must be in [0, 1), got "
+                             f"{self.momentum}, {self.ema}")
+        if self.warmup_epochs < 0 or self.crop_pad < 0:
+            raise ValueError(f"train.warmup_epochs and train.crop_pad must be >= 0, got "
+                             f"{self.warmup_epochs}, {self.crop_pad}")
+        for name, allowed in (("bf16", ("auto", "on", "off")), ("schedule", SCHEDULES),
+                              ("tta", TTA), ("conv_impl", CONV_IMPLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.tta != "none" and not self.flip:
+            raise ValueError(f"train.tta={self.tta!r} averages over mirrored images, but "
+                             f"train.flip is off (the network never saw one); set train.tta='none'")
 
     @staticmethod
     def from_config(c) -> "FinalTrainConfig":
         names = {f.name for f in dataclasses.fields(FinalTrainConfig)}
-        return FinalTrainConfig(**{k: c[k] for k in c.keys() if k in names})
+        unknown = sorted(set(c.keys()) - names)
+        if unknown:
+            raise ValueError(f"train: unknown key(s) {unknown}; known: {sorted(names)}")
+        return FinalTrainConfig(**{k: c[k] for k in c.keys()})
+
+    @staticmethod
+    def recipe(name: str, **overrides) -> "FinalTrainConfig":
+        """A named recipe of :data:`RECIPES` with ``overrides`` (e.g. ``epochs``)."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown training recipe {name!r}; known: {sorted(RECIPES)}")
+        return FinalTrainConfig(**{**RECIPES[name], **overrides})
 
     def compute_dtype(self):
         use = self.bf16 == "on" or (self.bf16 == "auto" and jax.default_backend() != "cpu")
         return jnp.bfloat16 if use else None
 
+    def build(self, space, arch, num_classes: int):
+        """The compact network this recipe trains (compute dtype, convolution implementation)."""
+        impl = self.conv_impl
+        if impl == "auto":
+            # im2col matmuls on CPU (2x lax.conv's training step there); lax.conv elsewhere
+            impl = "matmul" if jax.default_backend() == "cpu" else None
+        if space.name != "macro32":
+            if self.conv_impl != "auto":
+                raise ValueError(f"train.conv_impl={self.conv_impl!r} is for macro32 networks; "
+                                 f"space {space.name!r} takes 'auto' only")
+            impl = None
+        kw = {} if impl is None else {"conv_impl": impl}
+        return mnn.build(space, arch, num_classes, dtype=self.compute_dtype(), **kw)
+
 
 @flax.struct.dataclass
 class TrainState:
     """Everything training needs to continue: float32 master weights, batch norm
-    statistics, optimizer state, step counter."""
+    statistics, optimizer state, step counter, and (``train.ema > 0``) the moving average
+    ``{"params", "batch_stats"}`` that evaluation uses."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    ema: Any = None
+
+    def eval_variables(self):
+        """The variables evaluated and exported: the moving average when there is one."""
+        if self.ema is not None:
+            return self.ema
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_schedule(cfg: FinalTrainConfig, steps_per_epoch: int):
+    total = max(cfg.epochs * steps_per_epoch, 2)
+    warm = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    if cfg.schedule == "triangle":
+        peak = max(warm, 1)
+        return optax.join_schedules([optax.linear_schedule(0.2 * cfg.lr, cfg.lr, peak),
+                                     optax.linear_schedule(cfg.lr, 0.0, total - peak)], [peak])
+    if warm:
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warm, total, 0.0)
+    return optax.cosine_decay_schedule(cfg.lr, total)
 
 
 def make_optimizer(cfg: FinalTrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    total = cfg.epochs * steps_per_epoch
-    warm = min(cfg.warmup_epochs * steps_per_epoch, max(total - 1, 0))
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warm, 1), max(total, 2), 0.0) \
-        if warm else optax.cosine_decay_schedule(cfg.lr, max(total, 1))
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                       optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov))
+    """SGD with L2 weight decay on the scheduled rate; with ``whiten_stem`` the stem
+    kernel is frozen (no update, no decay)."""
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(make_schedule(cfg, steps_per_epoch), momentum=cfg.momentum or None,
+                               nesterov=cfg.nesterov and cfg.momentum > 0))
+    if not cfg.whiten_stem:
+        return tx
+
+    def labels(params):
+        flat = traverse_util.flatten_dict(params)
+        return traverse_util.unflatten_dict({k: "frozen" if k == STEM_KERNEL else "train" for k in flat})
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def create_state(net, key, image_shape, tx) -> TrainState:
+def create_state(net, key, image_shape, tx, cfg: FinalTrainConfig | None = None) -> TrainState:
     variables = mnn.init(net, key, jnp.zeros((1, *image_shape), jnp.float32))
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+    return _state(variables, tx, cfg)
+
+
+def state_shapes(net, image_shape, tx, cfg: FinalTrainConfig | None = None) -> TrainState:
+    """Shapes and dtypes of :func:`create_state`'s result, without computing it (the
+    template a checkpoint is restored into)."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
+    return jax.eval_shape(lambda v: _state(v, tx, cfg), variables)
+
+
+def _state(variables, tx, cfg):
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    # a copy: the train step donates the state, and one buffer cannot be donated twice
+    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats}) \
+        if cfg is not None and cfg.ema else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                      opt_state=tx.init(params), ema=ema)
+
+
+def whitening_kernel(images, norm: Callable, kernel: int, width: int, eps: float = 5e-4,
+                     max_images: int = 5000) -> np.ndarray:
+    """A ``kernel x kernel`` convolution to ``width`` channels that whitens image patches:
+    the ``width / 2`` leading eigenvectors of the patch covariance, scaled by
+    ``1 / sqrt(eigenvalue + eps)``, and their negatives (so a following ReLU keeps both
+    signs). airbench's first layer; frozen, it gives a well-conditioned input for free."""
+    x = np.asarray(norm(jnp.asarray(images[:max_images])), np.float64)
+    c = x.shape[-1]
+    if width % 2 or width // 2 > kernel * kernel * c:
+        raise ValueError(f"train.whiten_stem: the stem's width ({width}) must be even and at "
+                         f"most 2 x {kernel}x{kernel}x{c} = {2 * kernel * kernel * c} "
+                         f"(space.stem_width, space.stem_kernel)")
+    p = np.asarray(patches(jnp.asarray(x, jnp.float32), (kernel, kernel), 1, "VALID"), np.float64)
+    p = p.reshape(-1, p.shape[-1])
+    p = p - p.mean(0)
+    eigval, eigvec = np.linalg.eigh(p.T @ p / len(p))
+    top = np.argsort(eigval)[::-1][: width // 2]
+    w = eigvec[:, top] / np.sqrt(eigval[top] + eps)
+    w = np.concatenate([w, -w], axis=1)
+    return w.reshape(kernel, kernel, c, width).astype(np.float32)
+
+
+def with_whitened_stem(state: TrainState, images, norm: Callable) -> TrainState:
+    """``state`` with its stem kernel (and the moving average's) replaced by
+    :func:`whitening_kernel` of ``images``."""
+    flat = traverse_util.flatten_dict(state.params)
+    if STEM_KERNEL not in flat:
+        raise ValueError("train.whiten_stem: this network has no stem convolution "
+                         f"({'/'.join(STEM_KERNEL)}); use it with macro32 spaces")
+    kh, kw, _, width = flat[STEM_KERNEL].shape
+    if kh != kw:
+        raise ValueError(f"train.whiten_stem: stem kernel {kh}x{kw} is not square")
+    flat[STEM_KERNEL] = jnp.asarray(whitening_kernel(images, norm, kh, width))
+    params = traverse_util.unflatten_dict(flat)
+    ema = None if state.ema is None else {**state.ema, "params": jax.tree.map(jnp.copy, params)}
+    return state.replace(params=params, ema=ema)
 
 
 def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Callable):
     """``train_step(state, batch, key) -> (state, metrics)``: pure and jitted.
-    ``batch = (uint8 images, labels)``; augmentation and normalisation happen inside."""
+    ``batch = (uint8 images, labels, flip mask)``; crop, flip and normalisation happen
+    inside; the flip mask comes from :func:`flip_mask` (alternating or random flips)."""
 
     def train_step(state: TrainState, batch, key):
-        x, y = batch
-        x = data_mod.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
+        x, y, flips = batch
+        if cfg.crop_pad:
+            x = data_mod.random_crop(key, x, pad=cfg.crop_pad)
+        if cfg.flip:
+            x = jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
         x = norm(x)
         targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), cfg.label_smoothing)
 
@@ -104,26 +261,52 @@ def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Call
         (loss, (logits, upd)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            # the average starts fast (TF's num_updates rule): short runs need no warm-up
+            decay = jnp.minimum(cfg.ema, (1.0 + state.step) / (10.0 + state.step))
+            ema = jax.tree.map(lambda e, v: decay * e + (1 - decay) * v, ema,
+                               {"params": params, "batch_stats": upd["batch_stats"]})
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         new = state.replace(step=state.step + 1, params=params,
-                            batch_stats=upd["batch_stats"], opt_state=opt_state)
+                            batch_stats=upd["batch_stats"], opt_state=opt_state, ema=ema)
         return new, {"loss": loss, "acc": acc}
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(net, norm: Callable):
-    """``eval_step(params, batch_stats, x_uint8) -> logits`` (jitted, inference mode)."""
-    def eval_step(params, batch_stats, x):
-        return net.apply({"params": params, "batch_stats": batch_stats}, norm(x),
-                         train=False).astype(jnp.float32)
+def tta_views(x, tta: str) -> list:
+    """The views whose logits are averaged: the image; its mirror (``flip``); and for
+    ``flip_shift`` both again translated by one pixel (edge-padded), as airbench does."""
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {list(TTA)}, got {tta!r}")
+    if x.ndim != 4:
+        raise ValueError(f"tta_views wants a batch (N, H, W, C), got shape {x.shape}")
+    views = [x]
+    if tta in ("flip", "flip_shift"):
+        views.append(x[:, :, ::-1])
+    if tta == "flip_shift":
+        shifted = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")[:, :-1, :-1]
+        views += [shifted, shifted[:, :, ::-1]]
+    return views
+
+
+def make_eval_step(net, norm: Callable, tta: str = "none"):
+    """``eval_step(variables, x_uint8) -> logits`` (jitted, inference mode); with ``tta``
+    the mean logits over :func:`tta_views`."""
+    tta_views(jnp.zeros((1, 1, 1, 1)), tta)  # validate now, not at the first call
+
+    def eval_step(variables, x):
+        views = tta_views(norm(x), tta)
+        logits = [net.apply(variables, v, train=False).astype(jnp.float32) for v in views]
+        return sum(logits) / len(logits)
     return jax.jit(eval_step)
 
 
-def accuracy(eval_step, state: TrainState, ds, batch_size: int) -> float:
+def accuracy(eval_step, variables, ds, batch_size: int) -> float:
     correct = 0
     for i in range(0, len(ds), batch_size):
-        logits = eval_step(state.params, state.batch_stats, jnp.asarray(ds.images[i:i + batch_size]))
+        logits = eval_step(variables, jnp.asarray(ds.images[i:i + batch_size]))
         correct += int(np.sum(np.argmax(np.asarray(logits), -1) == ds.labels[i:i + batch_size]))
     return correct / max(len(ds), 1)
 
@@ -138,12 +321,29 @@ def epoch_order(key, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return perm[: steps * batch_size].reshape(steps, batch_size)
 
 
+def flip_mask(key, epoch: int, n: int, alternate: bool) -> np.ndarray:
+    """Which of the ``n`` training images are mirrored in ``epoch``: at random, or
+    (``alternate``) a random half in even epochs and the other half in odd ones, so every
+    image is seen both ways every two epochs (airbench's alternating flip)."""
+    k = jax.random.fold_in(key, 0 if alternate else epoch)
+    bits = np.asarray(jax.random.bernoulli(k, 0.5, (n,)))
+    return bits ^ bool(alternate and epoch % 2)
+
+
 def make_norm(mean=(), std=()):
     if mean or std:
         if len(mean) != len(std):
             raise ValueError(f"data.mean and data.std must have the same length, got {mean}, {std}")
         return lambda x: data_mod.normalize(x, mean=tuple(mean), std=tuple(std))
     return data_mod.normalize
+
+
+def setup(space, arch, train_ds, cfg: FinalTrainConfig):
+    """``(net, tx, steps_per_epoch)`` of a final training: what :func:`train` and a
+    checkpoint template (:func:`state_shapes`) must agree on."""
+    net = cfg.build(space, arch, train_ds.num_classes)
+    steps = max(len(train_ds) // cfg.batch_size, 1)
+    return net, make_optimizer(cfg, steps), steps
 
 
 def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.normalize,
@@ -155,21 +355,24 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     ``start = (epoch, state, history)`` resumes after ``epoch`` completed epochs.
     ``on_epoch(epoch, state, history)`` is called after every epoch (checkpointing).
     ``history``: one dict per epoch (train loss/acc, val acc, seconds). ``result``:
-    final ``val_acc`` and ``test_acc`` (test evaluated here only).
+    final ``val_acc`` and ``test_acc`` (test evaluated here only), of the evaluated
+    variables (:meth:`TrainState.eval_variables`).
     """
-    n_cls = target.train.num_classes
-    net = mnn.build(space, arch, n_cls, dtype=cfg.compute_dtype())
     ds = target.train
-    steps = max(len(ds) // cfg.batch_size, 1)
-    tx = make_optimizer(cfg, steps)
+    n_cls = ds.num_classes
+    net, tx, _ = setup(space, arch, ds, cfg)
     k_init, k_data = jax.random.split(key)
+    k_flip = jax.random.fold_in(k_data, 2)
     if start is None:
-        epoch0, state, history = 0, create_state(net, k_init, ds.image_shape, tx), []
+        epoch0, history = 0, []
+        state = create_state(net, k_init, ds.image_shape, tx, cfg)
+        if cfg.whiten_stem:
+            state = with_whitened_stem(state, ds.images, norm)
     else:
         epoch0, state, history = start
         history = list(history)
     train_step = make_train_step(net, tx, cfg, n_cls, norm)
-    eval_step = make_eval_step(net, norm)
+    eval_step = make_eval_step(net, norm, cfg.tta)
     images = jnp.asarray(ds.images)
     labels = jnp.asarray(ds.labels, jnp.int32)
     bar = None
@@ -179,16 +382,20 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     for epoch in range(epoch0, cfg.epochs):
         t0 = time.perf_counter()
         order = epoch_order(k_data, epoch, len(ds), cfg.batch_size)
+        flips = jnp.asarray(flip_mask(k_flip, epoch, len(ds), cfg.alternate_flip))
         ek = jax.random.fold_in(jax.random.fold_in(k_data, epoch), 1)
         losses, accs = [], []
         for i, idx in enumerate(order):
-            state, m = train_step(state, (images[idx], labels[idx]), jax.random.fold_in(ek, i))
+            state, m = train_step(state, (images[idx], labels[idx], flips[idx]), jax.random.fold_in(ek, i))
             losses.append(m["loss"])
             accs.append(m["acc"])
-        val_acc = accuracy(eval_step, state, target.val, cfg.eval_batch_size)
+        val_acc = accuracy(eval_step, state.eval_variables(), target.val, cfg.eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
                         "train_acc": float(np.mean(jax.device_get(accs))), "val_acc": val_acc,
                         "seconds": time.perf_counter() - t0})
+        if not math.isfinite(history[-1]["train_loss"]):
+            raise FloatingPointError(f"final training diverged: train loss {history[-1]['train_loss']} "
+                                     f"in epoch {epoch + 1} (lower train.lr, now {cfg.lr})")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{val_acc:.3f}")
@@ -196,7 +403,8 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
             on_epoch(epoch + 1, state, history)
     if bar is not None:
         bar.close()
-    result = {"val_acc": accuracy(eval_step, state, target.val, cfg.eval_batch_size),
-              "test_acc": accuracy(eval_step, state, target.test, cfg.eval_batch_size),
+    variables = state.eval_variables()
+    result = {"val_acc": accuracy(eval_step, variables, target.val, cfg.eval_batch_size),
+              "test_acc": accuracy(eval_step, variables, target.test, cfg.eval_batch_size),
               "params": mnn.count_params({"params": state.params})}
     return state, net, history, result

@@ -56,6 +56,8 @@ def uninterrupted(tmp_path_factory, cache):
 def test_run_summary_report_export(uninterrupted):
     wd, out = uninterrupted
     assert (wd / "report" / "report.md").is_file()
+    assert "2-fold cross-validated" in out  # the evaluator's cross-validation, in the summary
+    assert "cross-validated over source tasks" in (wd / "report" / "report.md").read_text()
     for fig in ("search.png", "training.png", "arch.png", "predicted_meta.png"):
         assert (wd / "report" / fig).is_file(), fig
     for st in ("meta-train", "search", "train"):
@@ -99,6 +101,23 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
         assert a[0][k][0] == b[0][k][0], k
         np.testing.assert_array_equal(a[0][k][1], b[0][k][1])
     assert a[1] == b[1]
+
+
+@pytest.mark.slow
+def test_final_training_resumes_from_its_last_checkpoint(uninterrupted, cache, tmp_path):
+    """The newest final-training checkpoint lost (a kill after the last epoch's save): the
+    rerun restores the previous one into a traced template and ends identically."""
+    import shutil
+    wd_a, _ = uninterrupted
+    wd = tmp_path / "c"
+    shutil.copytree(wd_a, wd)
+    ck = wd / "ckpt" / "train"
+    steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    assert len(steps) >= 2
+    shutil.rmtree(ck / str(steps[-1]))
+    (wd / "final.json").unlink()
+    _cli(["train", "--workdir", str(wd), *TINY], cache)
+    assert _results(wd_a)[1] == _results(wd)[1]
 
 
 @pytest.mark.slow

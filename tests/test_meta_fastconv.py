@@ -11,17 +11,20 @@ from metanas_jax.nn.fastconv import Conv, conv2d, patches, resolve_impl
 from metanas_jax.nn.ops import Norm
 
 
-@pytest.mark.parametrize("stride,padding,size", [(1, "SAME", 5), (2, "SAME", 6), (2, "VALID", 5)])
-def test_matmul_equals_xla_value_and_grads(stride, padding, size):
+@pytest.mark.parametrize("stride,padding,size,kernel", [
+    (1, "SAME", 5, 3), (2, "SAME", 6, 3), (2, "VALID", 5, 3), (1, "SAME", 6, 2)])
+def test_matmul_equals_xla_value_and_grads(stride, padding, size, kernel):
+    """Including the even (2x2) kernel of a whitening stem, whose SAME padding is one-sided."""
+    dilation = 1
     kx, kw, kv = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (2, size, size, 3))
-    w = jax.random.normal(kw, (3, 3, 3, 4))
+    w = jax.random.normal(kw, (kernel, kernel, 3, 4))
 
     def f(impl):
-        return lambda w, x: jnp.sum(jnp.tanh(conv2d(x, w, stride, padding, impl)) ** 2)
+        return lambda w, x: jnp.sum(jnp.tanh(conv2d(x, w, stride, padding, impl, dilation)) ** 2)
 
-    ya = conv2d(x, w, stride, padding, "matmul")
-    yb = conv2d(x, w, stride, padding, "xla")
+    ya = conv2d(x, w, stride, padding, "matmul", dilation)
+    yb = conv2d(x, w, stride, padding, "xla", dilation)
     np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-4)
     ga = jax.jit(jax.grad(f("matmul"), argnums=(0, 1)))(w, x)
     gb = jax.jit(jax.grad(f("xla"), argnums=(0, 1)))(w, x)

@@ -1,5 +1,10 @@
-"""Final training: resume equality through a checkpoint, export / load_model round trip."""
+"""Final training: both recipes resume exactly through a checkpoint, recipe options are
+validated, test-time augmentation, bf16 close to f32, patch whitening, alternating flips,
+export / load_model round trip, a tiny training reaching a stated accuracy."""
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,8 +28,17 @@ def setup():
     return space, arch, target, cfg
 
 
-def test_resume_equals_uninterrupted(setup, tmp_path):
+FAST = dict(T.RECIPES["fast"], flip=False, tta="none", batch_size=64, lr=0.05, crop_pad=1,
+            eval_batch_size=128)
+
+
+@pytest.mark.parametrize("recipe", ["standard", "fast"])
+def test_resume_equals_uninterrupted(setup, tmp_path, recipe):
     space, arch, target, cfg = setup
+    if recipe == "fast":  # EMA, whitened frozen stem (a 2x2 one), triangle schedule
+        space = dataclasses.replace(space, stem_kernel=2)
+        arch = space.make_arch(arch.choices)
+        cfg = dataclasses.replace(cfg, **FAST)
     key = jax.random.key(3)
     s_full, _, h_full, r_full = T.train(space, arch, target, cfg, key)
     ck = StageCheckpoints(tmp_path / "ck")
@@ -35,11 +49,21 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
 
     T.train(space, arch, target, cfg, key, on_epoch=on_epoch)  # pretend it died after epoch 1
     step, st, rec = ck.latest()
-    template = jax.eval_shape(lambda: s_full)
+    # the template the main job restores into: shapes only, traced (no computation)
+    net, tx, _ = T.setup(space, arch, target.train, cfg)
+    template = T.state_shapes(net, target.train.image_shape, tx, cfg)
+    assert jax.tree.structure(template) == jax.tree.structure(s_full)
     state = jax.tree.unflatten(jax.tree.structure(template), [np.asarray(x) for x in st["leaves"]])
     s_res, _, h_res, r_res = T.train(space, arch, target, cfg, key, start=(step, state, rec["history"]))
-    for a, b in zip(jax.tree.leaves(s_full.params), jax.tree.leaves(s_res.params)):
+    for a, b in zip(jax.tree.leaves(s_full), jax.tree.leaves(s_res)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if recipe == "fast":
+        first = T.create_state(net, jax.random.key(0), target.train.image_shape, tx, cfg)
+        stem = ("stem", "conv", "kernel")
+        k0 = T.with_whitened_stem(first, target.train.images, data.normalize).params
+        np.testing.assert_array_equal(np.asarray(k0[stem[0]][stem[1]][stem[2]]),
+                                      np.asarray(s_full.params["stem"]["conv"]["kernel"]))  # frozen
+        assert s_full.ema is not None
     assert r_full == r_res
     assert [h["val_acc"] for h in h_full] == [h["val_acc"] for h in h_res]
     assert 0.0 <= r_full["test_acc"] <= 1.0
@@ -63,6 +87,100 @@ def test_load_model_bad_dir(tmp_path):
         load_model(tmp_path)
 
 
-def test_bad_train_config():
-    with pytest.raises(ValueError, match="bf16"):
-        T.FinalTrainConfig(bf16="maybe")
+@pytest.mark.parametrize("bad, match", [
+    (dict(bf16="maybe"), "train.bf16"), (dict(schedule="linear"), "train.schedule"),
+    (dict(tta="rotate"), "train.tta"), (dict(conv_impl="fft"), "train.conv_impl"),
+    (dict(ema=1.0), "train.ema"), (dict(lr=float("nan")), "train.lr"),
+    (dict(weight_decay=float("inf")), "train.weight_decay"), (dict(momentum=-0.1), "train.momentum"),
+    (dict(tta="flip", flip=False), "train.flip"), (dict(epochs=0), "train.epochs")])
+def test_bad_train_config(bad, match):
+    with pytest.raises(ValueError, match=match):
+        T.FinalTrainConfig(**bad)
+
+
+def test_recipes_and_config_keys():
+    import ml_collections
+    with pytest.raises(ValueError, match="unknown training recipe 'nope'"):
+        T.FinalTrainConfig.recipe("nope")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_typo'\]"):
+        T.FinalTrainConfig.from_config(ml_collections.ConfigDict({"epochs": 2, "lr_typo": 1.0}))
+    assert T.FinalTrainConfig.recipe("fast", epochs=3).epochs == 3
+
+
+def test_tta_views_and_eval_step(setup):
+    space, arch, target, _ = setup
+    x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+    views = T.tta_views(x, "flip_shift")
+    assert len(views) == 4 and all(v.shape == x.shape for v in views)
+    np.testing.assert_array_equal(views[1], x[:, :, ::-1])
+    np.testing.assert_array_equal(views[2][:, 1:, 1:], x[:, :-1, :-1])  # moved by one pixel
+    assert len(T.tta_views(x, "none")) == 1
+    with pytest.raises(ValueError, match="batch"):
+        T.tta_views(x[0], "flip")
+    net = T.FinalTrainConfig().build(space, arch, 10)
+    variables = jax.jit(lambda k: net.init(k, target.test.images[:1].astype(np.float32)))(jax.random.key(0))
+    for tta in T.TTA:
+        logits = T.make_eval_step(net, data.normalize, tta)(variables, target.test.images[:5])
+        assert logits.shape == (5, 10) and np.all(np.isfinite(logits))
+
+
+def test_bf16_close_to_f32_and_conv_impls_agree(setup):
+    space, arch, target, _ = setup
+    x = data.normalize(target.test.images[:32])
+    nets = {name: T.FinalTrainConfig(bf16=b, conv_impl=impl).build(space, arch, 10)
+            for name, b, impl in (("f32", "off", "xla"), ("bf16", "on", "xla"),
+                                  ("matmul", "off", "matmul"))}
+    variables = jax.jit(lambda k: nets["f32"].init(k, x))(jax.random.key(1))
+    out = {k: np.asarray(n.apply(variables, x, train=False), np.float32) for k, n in nets.items()}
+    scale = np.abs(out["f32"]).max()
+    assert np.abs(out["bf16"] - out["f32"]).max() < 0.05 * scale
+    np.testing.assert_allclose(out["matmul"], out["f32"], rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_whitening_kernel_whitens_patches():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(400, 9, 9, 1))
+    imgs = np.clip(128 + 40 * (base + np.roll(base, 1, axis=1) + 0.5 * rng.normal(size=(400, 9, 9, 3))),
+                   0, 255).astype(np.uint8)  # channels and neighbours correlated
+    k = T.whitening_kernel(imgs, data.normalize, 2, 8, eps=1e-8)
+    assert k.shape == (2, 2, 3, 8)
+    np.testing.assert_allclose(k[..., :4], -k[..., 4:])
+    from metanas_jax.nn.fastconv import patches
+    p = np.asarray(patches(data.normalize(imgs), (2, 2), 1, "VALID"), np.float64).reshape(-1, 12)
+    y = (p - p.mean(0)) @ k[..., :4].reshape(12, 4)
+    np.testing.assert_allclose(np.cov(y.T, bias=True), np.eye(4), atol=0.05)
+    with pytest.raises(ValueError, match="space.stem_width"):
+        T.whitening_kernel(imgs, data.normalize, 2, 26)
+
+
+def test_flip_mask_alternates():
+    key = jax.random.key(0)
+    m0, m1, m2 = (T.flip_mask(key, e, 1000, True) for e in range(3))
+    assert np.all(m0 ^ m1) and np.array_equal(m0, m2) and 400 < m0.sum() < 600
+    r0, r1 = T.flip_mask(key, 0, 1000, False), T.flip_mask(key, 1, 1000, False)
+    assert not np.array_equal(r0, r1) and not np.all(r0 ^ r1)
+
+
+def test_reference_architectures():
+    space = spaces.get("macro32", **spaces.CIFAR_SPACE)
+    for name in spaces.REFERENCE_ARCHS:
+        arch = space.reference(name)
+        assert space.from_string(space.to_string(arch)) == arch
+    with pytest.raises(ValueError, match="unknown reference architecture 'vgg'"):
+        space.reference("vgg")
+    with pytest.raises(ValueError, match="does not fit this space"):
+        spaces.get("macro32", layers=3).reference("resnet8")
+
+
+def test_tiny_training_reaches_stated_accuracy():
+    """The standard and the fast recipe learn digits: >= 0.9 test accuracy in 8 epochs."""
+    space = spaces.get("macro32", layers=3, ops=("conv3x3", "identity"), widths=(16, 32),
+                       stem_width=8, stem_kernel=2)
+    arch = space.from_string("conv3x3-16 | conv3x3-32/2 | conv3x3-32+res")
+    full = data.target_task(data.load("digits", split="train"), data.load("digits", split="test"),
+                            val_fraction=0.1, seed=0)
+    for recipe in ("standard", "fast"):
+        cfg = T.FinalTrainConfig.recipe(recipe, epochs=8, batch_size=64, lr=0.1, crop_pad=1,
+                                        flip=False, tta="none", eval_batch_size=500)
+        _, _, _, res = T.train(space, arch, full, cfg, jax.random.key(0))
+        assert res["test_acc"] >= 0.9, (recipe, res)

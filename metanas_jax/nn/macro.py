@@ -29,9 +29,9 @@ from metanas_jax.spaces.macro32 import Macro32
 PARAM_FREE = {"max_pool3x3": max_pool, "identity": lambda x, stride=1: subsample(x, stride)}
 
 
-def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None):
+def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None, impl=None):
     """The linen module for a parametric op, or ``None`` for a parameter-free one."""
-    kw = dict(features=features, track=track, dtype=dtype, name=module_name)
+    kw = dict(features=features, track=track, dtype=dtype, name=module_name, impl=impl)
     if name == "conv3x3":
         return ConvBN(kernel=3, **kw)
     if name == "conv5x5":
@@ -52,21 +52,27 @@ def _head(num_classes, x, dtype):
 
 
 class MacroNet(nn.Module):
-    """The compact network of one ``macro32`` architecture (only the chosen ops)."""
+    """The compact network of one ``macro32`` architecture (only the chosen ops).
+
+    ``conv_impl``: the convolution implementation (:func:`metanas_jax.nn.fastconv.conv2d`;
+    ``None``: ``lax.conv`` for dense kernels, matmul / shift-add for 1x1 and depthwise);
+    the variables are the same for every choice."""
 
     space: Macro32
     arch: Arch
     num_classes: int
     track: bool = True
     dtype: jnp.dtype | None = None
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        x = ConvBN(self.space.stem_width, 3, track=self.track, dtype=self.dtype, name="stem")(x, 1, train)
+        x = ConvBN(self.space.stem_width, self.space.stem_kernel, track=self.track, dtype=self.dtype,
+                   impl=self.conv_impl, name="stem")(x, 1, train)
         for l in range(self.space.layers):
             op, width, res, down = self.space.layer(self.arch, l)
             stride = 2 if down else 1
-            module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype)
+            module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype, self.conv_impl)
             if module is None:
                 y = fit_channels(PARAM_FREE[op](x, stride), width)
             else:
@@ -143,7 +149,7 @@ class MacroSupernet(nn.Module):
     def __call__(self, x, weights, train: bool = True):
         sp = self.space
         cmax = max(sp.widths)
-        h = ConvBN(sp.stem_width, 3, dtype=self.dtype, name="stem")(x, 1, train)
+        h = ConvBN(sp.stem_width, sp.stem_kernel, dtype=self.dtype, name="stem")(x, 1, train)
         shapes = level_shapes(*x.shape[1:3])
         feats = tuple([fit_channels(h, cmax)] + [jnp.zeros((x.shape[0], a, b, cmax), h.dtype)
                                                   for a, b in shapes[1:]])

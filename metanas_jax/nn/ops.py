@@ -57,15 +57,17 @@ class Norm(nn.Module):
         return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
-def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None):
-    """A SAME convolution without bias, ``nn.Conv``'s parameters either way. 1x1 and
+def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None, impl=None):
+    """A SAME convolution without bias, ``nn.Conv``'s parameters either way. ``impl``
+    (``"auto"``, ``"xla"``, ``"matmul"``: :func:`~metanas_jax.nn.fastconv.conv2d`) forces
+    one implementation for every kernel; ``None`` picks per kernel as follows. 1x1 and
     depthwise ones are :class:`~metanas_jax.nn.fastconv.Conv`: ``lax.conv`` on GPU/TPU; on
     CPU a 1x1 convolution is one matmul and a depthwise one shifted multiply-adds (5x faster
     than ``lax.conv``'s feature groups there, gradient included), and both stay fast under
     ``vmap`` over per-task weights, where ``lax.conv`` becomes a slow grouped convolution."""
-    if kernel == 1 and groups == 1 or groups > 1 and groups == features:
+    if impl is not None or kernel == 1 and groups == 1 or groups > 1 and groups == features:
         return Conv(features, kernel, stride, use_bias=False, dilation=dilation, groups=groups,
-                    dtype=dtype, name=name)
+                    dtype=dtype, name=name, impl=impl or "auto")
     return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=dilation,
                    feature_group_count=groups, padding="SAME", use_bias=False, name=name,
                    dtype=dtype)
@@ -80,12 +82,14 @@ class ConvBN(nn.Module):
     pre_relu: bool = False
     track: bool = False
     dtype: jnp.dtype | None = None
+    impl: str | None = None
 
     @nn.compact
     def __call__(self, x, stride=1, train=True):
         if self.pre_relu:
             x = nn.relu(x)
-        x = conv(self.features, self.kernel, stride, self.dilation, name="conv", dtype=self.dtype)(x)
+        x = conv(self.features, self.kernel, stride, self.dilation, name="conv", dtype=self.dtype,
+                 impl=self.impl)(x)
         x = Norm(self.track, name="norm")(x, train)
         return x if self.pre_relu else nn.relu(x)
 
@@ -105,6 +109,7 @@ class SepConv(nn.Module):
     pre_relu: bool = False
     track: bool = False
     dtype: jnp.dtype | None = None
+    impl: str | None = None
 
     @nn.compact
     def __call__(self, x, stride=1, train=True):
@@ -114,8 +119,8 @@ class SepConv(nn.Module):
             if self.pre_relu:
                 x = nn.relu(x)
             x = conv(c_in, self.kernel, stride if r == 0 else 1, self.dilation, groups=c_in,
-                     name=f"depthwise{r}", dtype=self.dtype)(x)
-            x = conv(c_out, 1, name=f"pointwise{r}", dtype=self.dtype)(x)
+                     name=f"depthwise{r}", dtype=self.dtype, impl=self.impl)(x)
+            x = conv(c_out, 1, name=f"pointwise{r}", dtype=self.dtype, impl=self.impl)(x)
             x = Norm(self.track, name=f"norm{r}")(x, train)
             if not self.pre_relu:
                 x = nn.relu(x)

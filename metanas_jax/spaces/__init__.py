@@ -1,7 +1,7 @@
 """Search spaces: ``get(name, **config)`` returns a hashable :class:`SearchSpace`."""
 from metanas_jax.spaces.base import Arch, GeneGroup, SearchSpace
 from metanas_jax.spaces.darts import DARTS_PRIMITIVES, Darts
-from metanas_jax.spaces.macro32 import MACRO_OPS, Macro32
+from metanas_jax.spaces.macro32 import CIFAR_SPACE, MACRO_OPS, REFERENCE_ARCHS, Macro32
 from metanas_jax.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201
 
 SPACES = {"macro32": Macro32, "darts": Darts, "nb201": NB201}
@@ -18,4 +18,4 @@ def get(name: str, **config) -> SearchSpace:
 
 
 __all__ = ["Arch", "GeneGroup", "SearchSpace", "Macro32", "Darts", "NB201", "get", "SPACES",
-           "MACRO_OPS", "DARTS_PRIMITIVES", "NB201_OPS", "NB201_EDGES"]
+           "MACRO_OPS", "CIFAR_SPACE", "REFERENCE_ARCHS", "DARTS_PRIMITIVES", "NB201_OPS", "NB201_EDGES"]

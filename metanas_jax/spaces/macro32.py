@@ -1,6 +1,8 @@
 """``macro32``: the reference CNN macro space, 8 searchable layers x 4 genes = 32 numbers.
 
-Network: ``stem`` (3x3 conv to ``stem_width`` channels, BN, ReLU), then ``layers``
+Network: ``stem`` (``stem_kernel`` x ``stem_kernel`` conv, default 3, to ``stem_width``
+channels, BN, ReLU; a 2x2 stem can be initialised as a frozen patch-whitening layer by the
+final-training recipe, see :mod:`metanas_jax.train`), then ``layers``
 searchable layers, then global average pooling and a linear classifier. Layer ``l`` owns
 ``z[4 l : 4 l + 4]``, one gene each (layer-major), in this order:
 
@@ -32,6 +34,23 @@ MACRO_OPS = ("conv3x3", "conv5x5", "sep_conv3x3", "sep_conv5x5", "dil_conv3x3",
              "max_pool3x3", "identity")
 GENES = ("op", "width", "residual", "downsample")
 
+# A macro32 space wide enough for strong CIFAR-10 networks: 8 layers, widths up to 256, a
+# 2x2 stem of 24 channels that the fast final-training recipe makes a frozen patch-whitening
+# layer (2 x 2x2x3 = 24, airbench's first layer).
+CIFAR_SPACE = dict(layers=8, widths=(32, 64, 128, 256), stem_width=24, stem_kernel=2)
+
+# Hand-designed points of macro32 (8 layers; need conv3x3 and identity among the ops and
+# the widths they name), the baselines a search must beat at the same training budget:
+# ``airbench8`` is airbench94's network (Jordan 2024) with its conv + max-pool pairs as
+# stride-2 convolutions: 64, 256, 256 channels, two convolutions per resolution;
+# ``resnet8`` a ResNet-like network of residual pairs at 64, 128, 256 channels.
+REFERENCE_ARCHS = {
+    "airbench8": "conv3x3-64/2 | conv3x3-64 | conv3x3-256/2 | conv3x3-256 | conv3x3-256/2 | "
+                 "conv3x3-256 | identity-256 | identity-256",
+    "resnet8": "conv3x3-64 | conv3x3-64+res | conv3x3-128/2 | conv3x3-128+res | conv3x3-256/2 | "
+               "conv3x3-256+res | conv3x3-256/2 | conv3x3-256+res",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Macro32(CategoricalSpace):
@@ -39,6 +58,7 @@ class Macro32(CategoricalSpace):
     ops: tuple[str, ...] = MACRO_OPS
     widths: tuple[int, ...] = (16, 32, 48, 64)
     stem_width: int = 16
+    stem_kernel: int = 3
     name: str = dataclasses.field(default="macro32", init=False)
 
     def __post_init__(self):
@@ -53,6 +73,8 @@ class Macro32(CategoricalSpace):
             raise ValueError(f"macro32: widths must be positive channel counts, got {self.widths}")
         if self.stem_width < 1:
             raise ValueError(f"macro32: stem_width must be >= 1, got {self.stem_width}")
+        if self.stem_kernel < 1:
+            raise ValueError(f"macro32: stem_kernel must be >= 1, got {self.stem_kernel}")
 
     def config(self):
         cfg = super().config()
@@ -74,6 +96,17 @@ class Macro32(CategoricalSpace):
         """``(op, width, residual, downsample)`` of layer ``l``."""
         op, width, res, down = arch.choices[4 * l: 4 * l + 4]
         return self.ops[op], self.widths[width], bool(res), bool(down)
+
+    def reference(self, name: str) -> Arch:
+        """The named hand-designed architecture :data:`REFERENCE_ARCHS` ``[name]`` in this space."""
+        if name not in REFERENCE_ARCHS:
+            raise ValueError(f"macro32: unknown reference architecture {name!r}; known: "
+                             f"{sorted(REFERENCE_ARCHS)}")
+        try:
+            return self.from_string(REFERENCE_ARCHS[name])
+        except ValueError as e:
+            raise ValueError(f"macro32: reference {name!r} does not fit this space ({e}); it "
+                             f"needs 8 layers, e.g. spaces.get('macro32', **CIFAR_SPACE)") from None
 
     def to_string(self, arch: Arch) -> str:
         parts = []
