@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import jax
@@ -317,11 +316,6 @@ def test_shared_omniglot_protocol_and_sampling_speed(shared_cache):
     assert tr.images.shape == (4800, 20, 28, 28, 1) and te.per_class == 20
     key = jax.random.key(0)
     jax.block_until_ready(data.sample_episodes(key, tr, n_way=5, k_shot=1, n_query=15, num_tasks=32))
-    times = []
-    for i in range(5):
-        t0 = time.perf_counter()
-        b = data.sample_episodes(jax.random.key(i + 1), tr, n_way=5, k_shot=1, n_query=15, num_tasks=32)
-        jax.block_until_ready(b)
-        times.append(time.perf_counter() - t0)
+    b = data.sample_episodes(jax.random.key(1), tr, n_way=5, k_shot=1, n_query=15, num_tasks=32)
+    # (its speed is a benchmark figure, benchmarks/bench_data.py, not a timed test)
     assert b.support_x.shape == (32, 5, 28, 28, 1) and b.query_x.shape == (32, 75, 28, 28, 1)
-    assert min(times) < 0.1, f"5-way 1-shot batch of 32 took {min(times) * 1e3:.1f} ms"

@@ -164,12 +164,13 @@ def test_transfer_config_end_to_end_tiny(shared_data, tmp_path):
     cfg = load_config("configs/tinyimagenet_to_cifar10.py")
     apply_overrides(cfg, ["space.layers=2", "data.num_tasks=4", "meta.archs_per_task=4",
                           "meta.tasks_per_checkpoint=2", "meta.train_steps=2", "meta.evaluator_steps=10",
-                          "meta.cv_folds=2", "meta.es_iterations=1", "meta.es_population=2",
+                          "meta.cv_folds=0", "meta.es_iterations=1", "meta.es_population=2",
                           "search.budget=5", "search.methods=meta,random", "data.target_val=50",
                           "runtime.progress=False", "runtime.tensorboard=off"])
     prep = pipeline.prepare(cfg)
     assert prep.target.train.num_classes == 10 and prep.target.train.image_shape == (16, 16, 3)
     meta = pipeline.meta_train(cfg, tmp_path, prep)
-    assert meta["done"] and meta["cv"]["k"] == 2 and isinstance(meta["warnings"], list)
+    # (cross-validation in the main job: tests/test_cli.py; here it would double the time)
+    assert meta["done"] and isinstance(meta["warnings"], list)
     res = pipeline.search(cfg, tmp_path, prep)["results"]
     assert set(res) == {"meta", "random"} and all(len(r["scores"]) == 5 for r in res.values())
