@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             path = None
         s = pipeline.summary(workdir)
         print(_format_summary(s, path, time.perf_counter() - t0))
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"metanas: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -476,9 +476,7 @@ def _make_searcher(cfg, name, prep, meta_state):
     raise ValueError(f"search.methods: unknown method {name!r}; known: {list(METHODS)}")
 
 
-def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
-    """Every method of ``search.methods`` on the target task with ``search.budget`` real
-    evaluations (train split -> validation accuracy). Checkpointed after every round."""
+def _check_search(cfg) -> tuple[str, ...]:
     methods = tuple(cfg.search.methods)
     if not methods:
         raise ValueError("search.methods must name at least one method")
@@ -488,6 +486,16 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         if METHOD_NEEDS.get(m, cfg.meta.method) != cfg.meta.method:
             raise ValueError(f"search.methods: {m!r} needs meta.method={METHOD_NEEDS[m]!r}, "
                              f"the config has meta.method={cfg.meta.method!r}")
+    for name in ("budget", "batch_size"):
+        if int(cfg.search[name]) < 1:
+            raise ValueError(f"search.{name} must be >= 1, got {cfg.search[name]}")
+    return methods
+
+
+def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
+    """Every method of ``search.methods`` on the target task with ``search.budget`` real
+    evaluations (train split -> validation accuracy). Checkpointed after every round."""
+    methods = _check_search(cfg)
     _, meta_state, _ = _require(workdir, "meta-train", "search")
     prep = prep or prepare(cfg)
     ck = StageCheckpoints(workdir / "ckpt" / "search")
@@ -617,8 +625,12 @@ def _template_state(prep, arch, fcfg):
 def run_stages(cfg, workdir: Path, stages=STAGES) -> dict:
     """Run ``stages`` in order on ``workdir`` (resuming each), then the report."""
     workdir = Path(workdir)
-    check_workdir(cfg, workdir)
+    # everything checkable before the workdir records the config: a config that fails
+    # here leaves no config.json behind to refuse its corrected rerun
+    _check_search(cfg)
+    T.FinalTrainConfig.from_config(cfg.train)
     prep = prepare(cfg)
+    check_workdir(cfg, workdir)
     out = {}
     fns = {"meta-train": meta_train, "search": search, "train": final_train}
     for st in stages:

@@ -125,3 +125,19 @@ def test_incompatible_workdir_refused(uninterrupted, cache):
     wd, _ = uninterrupted
     p = _cli(["search", "--workdir", str(wd), *TINY, "--config.search.budget=9"], cache, check=False)
     assert p.returncode == 2 and "incompatible config" in p.stderr and "search.budget" in p.stderr
+
+
+@pytest.mark.parametrize("override", ["search.budget=0", "search.methods=foo", "train.lr=nan",
+                                      "train.tta=rotate", "data.target=folder:/nonexistent"])
+def test_bad_config_leaves_no_workdir_record(tmp_path, override):
+    """A config that fails its checks writes no config.json, so the corrected rerun is not
+    refused as 'incompatible'."""
+    from metanas_jax import pipeline
+    from metanas_jax.config import apply_overrides, load_config
+    cfg = load_config("configs/default.py")
+    key = override.split("=")[0]
+    with pytest.raises((ValueError, FileNotFoundError),
+                       match=key.split(".")[1] if key != "data.target" else "nonexistent"):
+        apply_overrides(cfg, [override])
+        pipeline.run_stages(cfg, tmp_path / "wd")
+    assert not (tmp_path / "wd" / "config.json").exists()
