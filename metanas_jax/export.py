@@ -62,6 +62,12 @@ def load_model(directory):
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"{var_path}: unreadable weights ({e!r})") from e
     variables = jax.tree.map(jnp.asarray, variables)
+    shape = tuple(meta["image_shape"])
+    want = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
+    got_shapes = jax.tree.map(lambda a: tuple(a.shape), variables)
+    if jax.tree.map(lambda a: tuple(a.shape), want) != got_shapes:
+        raise ValueError(f"{var_path}: the weights do not fit the architecture and input shape "
+                         f"{list(shape)} of {meta_path} (edited or mismatched files)")
     mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
     norm = (lambda x: normalize(x, mean=mean, std=std)) if mean else normalize
     return _Loaded(model, meta, norm), variables
@@ -82,6 +88,16 @@ class _Loaded:
         return getattr(self.module, name)
 
     def apply(self, variables, x, train: bool = False, **kw):
+        """Logits of normalised float images; uint8 pixels or another image shape than the
+        model was trained on are refused (they would give silently wrong predictions)."""
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"model.apply wants normalised float images, got {x.dtype}; "
+                             f"call model.preprocess(x) on pixels first")
+        shape = tuple(self.meta["image_shape"])
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"model.apply wants images (N, {', '.join(map(str, shape))}) as in "
+                             f"training, got shape {tuple(x.shape)}")
         return self.module.apply(variables, x, train=train, **kw)
 
     def __repr__(self):

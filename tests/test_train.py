@@ -80,6 +80,16 @@ def test_export_round_trip(setup, tmp_path):
     got = model.apply(loaded, model.preprocess(x))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert model.arch_string == str(arch)
+    with pytest.raises(ValueError, match="preprocess"):
+        model.apply(loaded, x)
+    with pytest.raises(ValueError, match="shape"):
+        model.apply(loaded, model.preprocess(x)[:, :4])
+    import json
+    meta = json.loads((tmp_path / "export" / "model.json").read_text())
+    meta["image_shape"] = [8, 8, 3]  # an edited model.json: no longer the weights' input
+    (tmp_path / "export" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model(tmp_path / "export")
 
 
 def test_load_model_bad_dir(tmp_path):
