@@ -91,10 +91,10 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     # a 2-D matmul, not an einsum over (n, h, w): then the weight gradient ``p^T g`` is a
     # 2-D dot too, and XLA:CPU no longer transposes the whole output gradient for it
     # (that copy was the largest single op of the conv4 MAML step, see benchmarks/README.md)
-    # accumulate in float32 whatever the operands: XLA:CPU runs a bf16 x bf16 -> bf16 dot
-    # about 5x slower than the same dot with float32 output (AVX512_BF16 path)
+    # accumulate in at least float32: XLA:CPU runs a bf16 x bf16 -> bf16 dot several times
+    # slower than the same dot with a float32 result (float64 stays float64)
     y = jnp.dot(p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype),
-                preferred_element_type=jnp.float32)
+                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     return y.reshape(n, ho, wo, o).astype(x.dtype)
 
 
