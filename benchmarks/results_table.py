@@ -70,7 +70,55 @@ def table() -> str:
                   "|---|---|---|---|"]
         for name, p in sorted(r["proxies"].items(), key=lambda kv: -kv[1]["tau_per_second"]):
             lines.append(f"| {name} | {p['tau']:.2f} | {p['seconds_per_arch']:.1f} | {p['mean'] * 100:.1f}% |")
+    lines += final_training()
     return "\n".join(lines).strip("\n")
+
+
+def _load_range(runs) -> str:
+    loads = [float(c["load"].split()[0]) for x in runs for c in x["curve"] if c.get("load")]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
+
+
+def final_training() -> list[str]:
+    """Lines for ``bench_train.py``'s results: time-to-accuracy and step speed."""
+    lines = []
+    path = RESULTS / "bench_train_cifar10.json"
+    if path.is_file():
+        r = json.loads(path.read_text())
+        s, runs = r["train_summary"], r["train"]
+        cfg = runs[0]["recipe"]
+        curve = " / ".join(f"{sum(x['curve'][e]['test_acc'] for x in runs) / len(runs) * 100:.1f}"
+                           for e in range(len(runs[0]["curve"])))
+        std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
+        lines += ["", f"Final training on CIFAR-10 (`{path.relative_to(ROOT)}`): the named `{r['arch_name']}` "
+                  f"network of the CIFAR space, {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
+                  f"{cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, whitened stem {cfg['whiten_stem']}, "
+                  f"test-time augmentation {cfg['tta']}; conv_impl {cfg['conv_impl']}, bf16 {cfg['bf16']}) on the 50,000 train "
+                  f"images, {s['n']} seeds: test accuracy **{s['test_acc_mean'] * 100:.2f}{std}%** after "
+                  f"{s['train_seconds_mean'] / 60:.0f} min of training on {r['machine']['cores']} cores "
+                  f"(1-minute load average {_load_range(runs)} while training, other jobs included) "
+                  f"(mean test accuracy after each epoch: {curve}%); 93% reached by {s['reached_93']} of "
+                  f"{s['n']} seeds, 94% by {s['reached_94']}."]
+    path = RESULTS / "bench_train_speed.json"
+    if path.is_file():
+        r = json.loads(path.read_text())
+        rows = {x["name"]: x for x in r["rows"]}
+        lines += ["", f"One training step of `{r['arch_name']}`, batch {r['rows'][-1].get('batch', '')}, same run "
+                  f"(`{path.relative_to(ROOT)}`; peak = this machine's measured matmul FLOP/s: "
+                  f"{rows['peak/f32']['gflops']:.0f} GFLOP/s f32, {rows['peak/bf16']['gflops']:.0f} bf16):", "",
+                  "| precision | JAX, lax.conv | JAX, im2col matmuls | % of peak (best) | PyTorch | best JAX / PyTorch |",
+                  "|---|---|---|---|---|---|"]
+        for dt in ("f32", "bf16"):
+            jax_rows = [rows.get(f"step/{impl}/{dt}") for impl in ("xla", "matmul")]
+            if not all(jax_rows):
+                continue
+            best = max(jax_rows, key=lambda x: x["images_per_s"])
+            t = rows.get(f"torch/{dt}", {})
+            torch_cell = f"{t['images_per_s']:.0f} images/s" if "images_per_s" in t else "-"
+            ratio = f"{t['ratio']:.2f}" if "ratio" in t else "-"
+            lines.append(f"| {dt} | {jax_rows[0]['images_per_s']:.0f} images/s | {jax_rows[1]['images_per_s']:.0f} "
+                         f"images/s | {best['pct_peak']:.0f}% | {torch_cell} | {ratio} |")
+    return lines
 
 
 def readme_block(text: str) -> str | None:
