@@ -16,7 +16,9 @@ Workdir layout: ``config.json``, ``ckpt/<stage>/`` (Orbax), ``metrics/<stage>.js
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -630,12 +632,34 @@ def run_stages(cfg, workdir: Path, stages=STAGES) -> dict:
     _check_search(cfg)
     T.FinalTrainConfig.from_config(cfg.train)
     prep = prepare(cfg)
-    check_workdir(cfg, workdir)
-    out = {}
-    fns = {"meta-train": meta_train, "search": search, "train": final_train}
-    for st in stages:
-        out[st] = fns[st](cfg, workdir, prep)
+    with workdir_lock(workdir):
+        check_workdir(cfg, workdir)
+        out = {}
+        fns = {"meta-train": meta_train, "search": search, "train": final_train}
+        for st in stages:
+            out[st] = fns[st](cfg, workdir, prep)
     return out
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Exclusive use of ``workdir`` by one process: a second ``metanas`` on the same workdir
+    is refused at once instead of interleaving metrics and breaking checkpoints. The lock
+    (``flock`` on ``workdir/.lock``) dies with its process, so a killed run resumes."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    f = open(workdir / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"workdir {str(workdir)!r} is in use by another metanas process "
+                         f"(lock {str(workdir / '.lock')!r}); wait for it or use another --workdir") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def summary(workdir: Path) -> dict:
