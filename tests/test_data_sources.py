@@ -451,6 +451,13 @@ def test_tfds_prepared_array_record_without_tensorflow(tmp_path):
         data.load("tfds:surely_not_a_dataset_xyz", data_dir=ddir, cache_dir=False)
     with pytest.raises(FileNotFoundError, match="not prepared"):
         data.load("tfds:mnist", data_dir=tmp_path / "empty", cache_dir=False, download=False)
+    # data_dir / manual_dir as spec options: the config's data.target can carry them
+    via_spec = data.load(f"tfds:metanas_tiny_png?data_dir={ddir}", split="train", cache_dir=False)
+    np.testing.assert_array_equal(via_spec.images, tr.images)
+    with pytest.raises(ValueError, match="data_dir given twice"):
+        data.load(f"tfds:metanas_tiny_png?data_dir={ddir}", data_dir=ddir, cache_dir=False)
+    with pytest.raises(ValueError, match=r"unknown option 'dir'.*takes only data_dir=, manual_dir="):
+        data.load(f"tfds:metanas_tiny_png?dir={ddir}", cache_dir=False)
 
 
 def test_tfds_prepare_without_tensorflow_is_a_clear_error(tmp_path):
@@ -462,8 +469,294 @@ def test_tfds_prepare_without_tensorflow_is_a_clear_error(tmp_path):
     except ImportError:
         pass
     _tiny_tfds_builders()
-    with pytest.raises(ImportError, match=r"needs TensorFlow to prepare.*metanas-jax\[tensorflow\]"):
-        data.load("tfds:metanas_tiny_array", split="train", data_dir=tmp_path / "tfds", cache_dir=False)
+    with pytest.raises(ImportError, match=r"needs TensorFlow to prepare.*metanas-jax\[tensorflow\]") as e:
+        data.load(f"tfds:metanas_tiny_array?data_dir={tmp_path / 'tfds'}", split="train", cache_dir=False)
+    assert "\n" not in str(e.value) and "pip install" in str(e.value)
+
+
+# --------------------------------------------------------------------------- IDX, npz, carve
+
+
+def _idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
+    dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
+    head = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return head + np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def _mnist_like(seed=0, n_train=12, n_test=6, hw=(7, 5), classes=3):
+    rng = np.random.default_rng(seed)
+    xs = {s: rng.integers(0, 256, (n,) + hw, dtype=np.uint8) for s, n in (("train", n_train), ("test", n_test))}
+    ys = {s: (np.arange(len(x)) % classes).astype(np.uint8) for s, x in xs.items()}
+    return xs, ys
+
+
+def make_idx(root: Path, gz=False, seed=0, **kw) -> tuple[Path, dict, dict]:
+    import gzip
+
+    root.mkdir(parents=True, exist_ok=True)
+    xs, ys = _mnist_like(seed, **kw)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        for name, blob in ((f"{prefix}-images-idx3-ubyte", _idx_bytes(xs[split])),
+                           (f"{prefix}-labels-idx1-ubyte", _idx_bytes(ys[split]))):
+            if gz:
+                (root / f"{name}.gz").write_bytes(gzip.compress(blob))
+            else:
+                (root / name).write_bytes(blob)
+    return root, xs, ys
+
+
+def test_idx_round_trip_and_folder_detection(tmp_path):
+    plain, xs, ys = make_idx(tmp_path / "mnist")
+    gz, _, _ = make_idx(tmp_path / "mnist_gz", gz=True)
+    for spec in (f"idx:{plain}", f"idx:{gz}", f"folder:{plain}", f"folder:{gz}"):
+        tr = data.load(spec, split="train", cache_dir=False)
+        te = data.load(spec, split="test", cache_dir=False)
+        assert tr.images.shape == (12, 7, 5, 1) and te.images.shape == (6, 7, 5, 1), spec
+        np.testing.assert_array_equal(tr.images[..., 0], xs["train"])
+        np.testing.assert_array_equal(te.labels, ys["test"])
+        assert tr.class_names == te.class_names == ("0", "1", "2") and tr.meta == {}
+    assert len(data.load(f"idx:{plain}", split="all", cache_dir=False)) == 18
+    # resized loads go through the cache; the folder and idx specs name the same data
+    cdir = tmp_path / "cache"
+    small = data.load(f"idx:{gz}", split="test", cache_dir=cdir, image_size=4)
+    assert small.images.shape == (6, 4, 4, 1) and len(list(cdir.glob("idx-*.npz"))) == 1
+    assert data.same_dataset(f"folder:{plain}", f"idx:{plain}/")
+    assert not data.same_dataset(f"idx:{plain}", f"idx:{gz}")
+    # a gzipped copy next to the unpacked file is fine (the unpacked one is read)
+    import gzip
+    (plain / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"not even idx"))
+    assert len(data.load(f"idx:{plain}", split="train", cache_dir=False)) == 12
+    # EMNIST-style prefixes and a split-less pair (carved)
+    em = tmp_path / "emnist"
+    em.mkdir()
+    (em / "emnist-letters-train-images-idx3-ubyte").write_bytes(_idx_bytes(xs["train"]))
+    (em / "emnist-letters-train-labels-idx1-ubyte").write_bytes(_idx_bytes(ys["train"] + 1))
+    assert data.load(f"idx:{em}", split="train", cache_dir=False).class_names == ("1", "2", "3")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "images-idx3-ubyte").write_bytes(_idx_bytes(xs["train"]))
+    (one / "labels-idx1-ubyte").write_bytes(_idx_bytes(ys["train"]))
+    te = data.load(f"idx:{one}?test_fraction=0.25", split="test", cache_dir=False)
+    assert len(te) == 3 and te.class_counts().tolist() == [1, 1, 1]
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    import gzip
+
+    def fresh(name):
+        return make_idx(tmp_path / name)[0]
+
+    root = fresh("magic")
+    (root / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x08\x03" + b"\0" * 20)
+    with pytest.raises(ValueError, match=r"magic.*train-images-idx3-ubyte is not an IDX file"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = fresh("code")
+    (root / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x07\x03" + b"\0" * 20)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: unknown IDX type code 0x07"):
+        data.load(f"idx:{root}", split="test", cache_dir=False)
+    root = fresh("trunc")
+    p = root / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"idx3-ubyte is truncated: .*12x7x5 uint8 .*420 bytes.* 410 bytes"):
+        data.load(f"folder:{root}", split="train", cache_dir=False)
+    p.write_bytes(p.read_bytes()[:9])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated or not an IDX file"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = fresh("extra")
+    p = root / "t10k-labels-idx1-ubyte"
+    p.write_bytes(p.read_bytes() + b"\0\0")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte has 2 bytes too many"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)  # every label file is read
+    root = fresh("count")
+    (root / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(11, np.uint8)))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte holds 12 images but .*labels-idx1-ubyte holds 11"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = fresh("swapped")
+    (root / "train-labels-idx1-ubyte").write_bytes((root / "train-images-idx3-ubyte").read_bytes())
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte is not an IDX label file"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = fresh("partner")
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte has no labels file.*t10k-labels-idx1-ubyte\[\.gz\]"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = make_idx(tmp_path / "badgz", gz=True)[0]
+    p = root / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"cannot read IDX file .*train-images-idx3-ubyte\.gz"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    root = fresh("two")
+    (root / "emnist-train-images-idx3-ubyte").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"two IDX images files for split 'train'.*folder of its own"):
+        data.load(f"idx:{root}", split="train", cache_dir=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"no IDX files found in .*empty.*train-images-idx3-ubyte"):
+        data.load(f"idx:{empty}", cache_dir=False)
+    with pytest.raises(FileNotFoundError, match="folder of IDX files not found"):
+        data.load(f"idx:{tmp_path / 'nowhere'}", cache_dir=False)
+    with pytest.raises(ValueError, match=r"already has splits \['test', 'train'\]"):
+        data.load(f"idx:{fresh('carve')}?test_fraction=0.2", cache_dir=False)
+
+
+def test_npz_round_trip(tmp_path):
+    xs, ys = _mnist_like(1)
+    keras = tmp_path / "keras.npz"  # NHW uint8, (N, 1) labels
+    np.savez(keras, x_train=xs["train"], y_train=ys["train"][:, None], x_test=xs["test"], y_test=ys["test"])
+    tr = data.load(f"npz:{keras}", split="train", cache_dir=False)
+    assert tr.images.shape == (12, 7, 5, 1) and tr.class_names == ("0", "1", "2")
+    np.testing.assert_array_equal(tr.images[..., 0], xs["train"])
+    np.testing.assert_array_equal(tr.labels, ys["train"])
+    assert len(data.load(f"npz:{keras}", split="all", cache_dir=False)) == 18
+    # NHWC floats in 0..1, one-hot labels, named classes, other key names
+    rgb = np.random.default_rng(2).integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
+    named = tmp_path / "named.npz"
+    np.savez(named, train_images=rgb.astype(np.float32) / 255, train_labels=np.eye(2, dtype=np.int64)[[0, 1, 1, 0]],
+             test_images=rgb[:2].astype(np.float64), test_labels=np.array([1, 1]), class_names=np.array(["ant", "bee"]),
+             extra=np.arange(3))
+    tr = data.load(f"npz:{named}", split="train", cache_dir=False)
+    np.testing.assert_array_equal(tr.images, rgb)
+    assert tr.labels.tolist() == [0, 1, 1, 0] and tr.class_names == ("ant", "bee")
+    te = data.load(f"npz:{named}", split="test", cache_dir=False, image_size=2)
+    assert te.images.shape == (2, 2, 2, 3) and te.labels.tolist() == [1, 1] and te.class_names == ("ant", "bee")
+    # images / labels without a split: carved; classes are the label values (sorted)
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, images=np.concatenate([xs["train"], xs["test"]]), labels=np.r_[ys["train"], ys["test"]] * 10)
+    tr = data.load(f"npz:{flat}?test_fraction=0.5&seed=3", split="train", cache_dir=False)
+    te = data.load(f"npz:{flat}?test_fraction=0.5&seed=3", split="test", cache_dir=False)
+    assert (len(tr), len(te)) == (9, 9) and tr.class_names == ("0", "10", "20")
+    assert te.class_counts().tolist() == [3, 3, 3]
+    with pytest.raises(ValueError, match=r"no train/test split; carve one .*'npz:.*flat\.npz\?test_fraction=0\.2'"):
+        data.load(f"npz:{flat}", split="train", cache_dir=False)
+
+
+def test_npz_errors_name_the_file_and_key(tmp_path):
+    xs, ys = _mnist_like(1)
+
+    def npz(name, **arrays):
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, **arrays)
+        return f"npz:{p}"
+
+    with pytest.raises(ValueError, match=r"missing\.npz: key 'x_test' has no matching labels key \(expected 'y_test'"):
+        data.load(npz("missing", x_train=xs["train"], y_train=ys["train"], x_test=xs["test"]), cache_dir=False)
+    with pytest.raises(ValueError, match=r"upper\.npz: key 'Y_test' has no matching images key \(expected 'X_test'\)"):
+        data.load(npz("upper", X_train=xs["train"], Y_train=ys["train"], Y_test=ys["test"]), cache_dir=False)
+    with pytest.raises(ValueError, match=r"noimg\.npz has no image array.*x_train.*found keys \['a', 'b'\]"):
+        data.load(npz("noimg", a=xs["train"], b=ys["train"]), cache_dir=False)
+    nchw = np.zeros((12, 3, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match=r"nchw\.npz key 'x_train'.*\(12, 3, 8, 8\).*channels-first"):
+        data.load(npz("nchw", x_train=nchw, y_train=ys["train"]), split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"shape\.npz key 'x_train': images must be .*got shape \(12,\)"):
+        data.load(npz("shape", x_train=np.zeros(12), y_train=ys["train"]), split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"range\.npz key 'images'.*0\.\.255.*got -1\.0\.\.2\.0"):
+        data.load(npz("range", images=np.full((12, 2, 2), 2.0) - np.eye(2)[None] * 3, labels=ys["train"]) +
+                  "?test_fraction=0.2", split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"count\.npz key 'x_train' holds 12 images but key 'y_train' holds 5"):
+        data.load(npz("count", x_train=xs["train"], y_train=ys["train"][:5]), split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"onehot\.npz key 'y_train': labels of shape \(12, 3\) must be one-hot"):
+        data.load(npz("onehot", x_train=xs["train"], y_train=np.ones((12, 3))), split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"mixed\.npz mixes arrays without a split \('images'\) and split ones"):
+        data.load(npz("mixed", images=xs["train"], labels=ys["train"], x_test=xs["test"], y_test=ys["test"]),
+                  cache_dir=False)
+    with pytest.raises(ValueError, match=r"names\.npz key 'y_train': labels must lie in \[0, 2\).*'class_names'"):
+        data.load(npz("names", x_train=xs["train"], y_train=ys["train"], class_names=np.array(["a", "b"])),
+                  split="train", cache_dir=False)
+    with pytest.raises(ValueError, match=r"twice\.npz: keys 'train_images' and 'x_train' both hold the images"):
+        data.load(npz("twice", train_images=xs["train"], x_train=xs["train"], y_train=ys["train"]), cache_dir=False)
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, x_train=np.array([xs["train"][0], None], dtype=object), y_train=ys["train"][:2])
+    with pytest.raises(ValueError, match=r"cannot read key 'x_train' of .*obj\.npz"):
+        data.load(f"npz:{obj}", split="train", cache_dir=False)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"cannot read .*junk\.npz as a NumPy \.npz archive"):
+        data.load(f"npz:{junk}", cache_dir=False)
+    npy = tmp_path / "one.npz"
+    with open(npy, "wb") as f:
+        np.save(f, xs["train"])
+    with pytest.raises(ValueError, match=r"one\.npz is a single \.npy array"):
+        data.load(f"npz:{npy}", cache_dir=False)
+    with pytest.raises(FileNotFoundError, match=r"\.npz file not found: .*gone\.npz"):
+        data.load(f"npz:{tmp_path / 'gone.npz'}", cache_dir=False)
+    with pytest.raises(ValueError, match=r"spec 'npz:' needs a path"):
+        data.load("npz:", cache_dir=False)
+
+
+def test_carve_indices_stratified_deterministic_disjoint():
+    from metanas_jax.data.carve import carve_indices
+
+    labels = np.repeat(np.arange(5), [1, 2, 10, 37, 100])
+    tr, te = carve_indices(labels, 0.2, seed=0)
+    assert np.intersect1d(tr, te).size == 0 and np.array_equal(np.union1d(tr, te), np.arange(len(labels)))
+    assert np.bincount(labels[te], minlength=5).tolist() == [0, 1, 2, 7, 20]  # >= 1 test, >= 1 train per class
+    again = carve_indices(labels, 0.2, seed=0)
+    assert np.array_equal(again[1], te) and not np.array_equal(carve_indices(labels, 0.2, seed=1)[1], te)
+    # a class's draw depends on its own members only
+    more = np.r_[labels, np.full(7, 9)]
+    assert np.array_equal(carve_indices(more, 0.2, seed=0)[1][:len(te)], te)
+
+
+def test_folder_carve(tmp_path, monkeypatch):
+    flat = tmp_path / "flat"
+    for c_i, (cls, n) in enumerate((("ant", 10), ("bee", 5), ("cow", 1))):
+        (flat / cls).mkdir(parents=True)
+        for i in range(n):
+            _img(100 * c_i + i, mode="L").save(flat / cls / f"{i:02d}.png")
+    spec = f"folder:{flat}?test_fraction=0.2&seed=0"
+    # the config string carries the options (no comma: it would become a tuple)
+    from metanas_jax.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(), [f"data.target={spec}"])
+    assert cfg.data.target == spec
+    cdir = tmp_path / "cache"
+    tr = data.load(cfg.data.target, split="train", cache_dir=cdir)
+    te = data.load(spec, split="test", cache_dir=cdir)
+    al = data.load(f"folder:{flat}", split="all", cache_dir=False)
+    assert tr.class_names == te.class_names == al.class_names == ("ant", "bee", "cow")
+    assert te.class_counts().tolist() == [2, 1, 0] and tr.class_counts().tolist() == [8, 4, 1]
+    dtr, dte = set(data.image_digests(tr.images)), set(data.image_digests(te.images))
+    assert not dtr & dte and dtr | dte == set(data.image_digests(al.images))
+    # deterministic: uncached, cached and resized loads agree on which images are test
+    with monkeypatch.context() as m:
+        m.setattr(sources, "decode_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+        np.testing.assert_array_equal(data.load(spec, split="test", cache_dir=cdir).images, te.images)
+    np.testing.assert_array_equal(data.load(spec, split="test", cache_dir=False).images, te.images)
+    small = data.load(spec, split="test", cache_dir=cdir, image_size=4)
+    np.testing.assert_array_equal(small.images, sources.resize_images(te.images, 4))
+    other = data.load(f"folder:{flat}?seed=1&test_fraction=0.2", split="test", cache_dir=cdir)
+    assert set(data.image_digests(other.images)) != dte
+    tar = make_tar(flat, tmp_path / "flat.tar")
+    np.testing.assert_array_equal(
+        data.load(f"folder:{tar}?test_fraction=0.2", split="test", cache_dir=False).images, te.images)
+    assert len(data.load(spec, split="all", cache_dir=False)) == 16
+    assert data.same_dataset(spec, f"folder:{flat}/") and not data.same_dataset(spec, f"folder:{tar}")
+    # bad options
+    with pytest.raises(ValueError, match=r"carved dataset has 'train', 'test' and 'all'"):
+        data.load(spec, split="val", cache_dir=False)
+    for bad, msg in [
+        (f"folder:{flat}?test_fraction=1.5", r"test_fraction must be a number in \(0, 1\), got '1.5'"),
+        (f"folder:{flat}?test_fraction=0.2&seed=x", r"seed must be a non-negative integer, got 'x'"),
+        (f"folder:{flat}?seed=1", r"seed= needs test_fraction="),
+        (f"folder:{flat}?test_frac=0.2", r"unknown option 'test_frac'.*takes only test_fraction=, seed="),
+        (f"folder:{flat}?seed=1&seed=2", r"option 'seed' given twice"),
+        ("digits?test_fraction=0.2", r"'digits:' takes no options"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            data.load(bad, cache_dir=False)
+    split_root = make_folder(tmp_path / "split", per_class=1)
+    with pytest.raises(ValueError, match=r"already has splits \['test', 'train'\].*drop it"):
+        data.load(f"folder:{split_root}?test_fraction=0.2", cache_dir=False)
+
+
+def test_spec_parsing():
+    from metanas_jax.data.specs import parse_spec
+
+    s = parse_spec("Folder:/data/a?b/c ?test_fraction=0.2&seed=%31")
+    assert (s.kind, s.arg, s.options, s.base) == ("folder", "/data/a?b/c", {"test_fraction": "0.2", "seed": "1"},
+                                                  "folder:/data/a?b/c")
+    assert parse_spec("folder:/what?").arg == "/what?" and parse_spec("folder:/x?y").options == {}
+    assert parse_spec("tfds:mnist?data_dir=/a%26b").options == {"data_dir": "/a&b"}
+    assert data.same_dataset("tfds:mnist?data_dir=/a", "tfds:mnist") and not data.same_dataset("digits", "tfds:mnist")
 
 
 # --------------------------------------------------------------------------- shared data

@@ -1,9 +1,12 @@
 """Data sources and task distributions.
 
 Sources (:func:`load`): ``"digits"`` (scikit-learn, embedded), ``"omniglot:PATH"``
-(official archives), ``"folder:PATH"`` (image folder or tar), ``"tfds:NAME"``; decoded
-arrays are cached on disk.  Tasks: :class:`ClassPool` + :func:`sample_episodes` /
-:func:`sample_nas_tasks` (pure functions of a PRNG key returning a :class:`TaskBatch`),
+(official archives), ``"folder:PATH"`` (image folder or tar), ``"idx:PATH"`` (MNIST-family
+IDX files), ``"npz:PATH"`` (NumPy arrays), ``"tfds:NAME"``; options after a ``?``
+(``folder:PATH?test_fraction=0.2&seed=0`` carves a test split); decoded arrays are cached
+on disk; :func:`same_dataset` tells whether two specs name the same data.  Tasks:
+:class:`ClassPool` + :func:`sample_episodes` / :func:`sample_nas_tasks` (pure functions of
+a PRNG key returning a :class:`TaskBatch`),
 :func:`omniglot_splits`, :func:`class_split`, :func:`target_task`.  Preprocessing:
 :func:`normalize`, :func:`resize`, :func:`random_crop`, :func:`random_flip`,
 :func:`augment` (jit-able).
@@ -20,6 +23,7 @@ from .augment import augment, denormalize, normalize, random_crop, random_flip, 
 from .cache import default_cache_dir
 from .separation import check_separated, image_digests, parse_classes, select_classes
 from .sources import KNOWN_SPECS, TFDS_NAMES, Dataset, decode_images, load, resize_images
+from .specs import same_dataset
 from .tasks import (
     ClassPool,
     TargetTask,
@@ -38,6 +42,7 @@ __all__ = [
     "load",
     "KNOWN_SPECS",
     "TFDS_NAMES",
+    "same_dataset",
     "decode_images",
     "resize_images",
     "default_cache_dir",

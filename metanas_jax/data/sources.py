@@ -21,22 +21,40 @@ Specs (``load(spec, split=...)``):
     ``.tar`` (optionally compressed) with that layout (a single wrapping top-level folder
     in the tar is allowed).  ``split`` is the split subfolder's name, or ``"all"`` for
     every split merged.  A folder without split subfolders (``PATH/<class>/*.png``) is
-    read with ``split="all"``.  Classes are sorted by name.  Hidden files are skipped; other
-    non-image files inside a class folder are an error.  Grayscale images give C=1, colour
+    read with ``split="all"``, or with ``"train"`` / ``"test"`` carved by the options
+    ``?test_fraction=F&seed=S`` (see :mod:`metanas_jax.data.carve`).  A folder holding IDX
+    files (below) is read as ``idx:PATH``.  Classes are sorted by name.  Hidden files are
+    skipped; other non-image files inside a class folder are an error.  Grayscale images give C=1, colour
     ones C=3 (a mix is converted to RGB); all images must share one size unless
     ``image_size`` is given.
+``idx:PATH``
+    A folder of MNIST-family IDX files: ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``
+    (each may be ``.gz``); splits ``"train"`` (the ``train-`` files), ``"test"``
+    (``t10k-``) or ``"all"``.  Class names are the label values (``"0"`` ...).  See
+    :mod:`metanas_jax.data.formats`.
+``npz:PATH``
+    A NumPy ``.npz`` of ``x_train`` / ``y_train`` / ``x_test`` / ``y_test`` (or
+    ``train_images`` / ``train_labels`` ...; any split name), NHW or NHWC, uint8 or float;
+    ``images`` / ``labels`` without a split take ``?test_fraction=F&seed=S`` like a folder.
+    Class names from an optional ``class_names`` array, else the label values.
 ``tfds:NAME``
     A TensorFlow Datasets builder (``mnist``, ``cifar10``, ``cifar100``, ``omniglot``,
-    ``imagenet_resized/32x32``, ...) with ``data_dir=`` and ``manual_dir=``.  Data already
-    prepared in ``array_record`` format is read without TensorFlow; preparing (downloading
+    ``imagenet_resized/32x32``, ...) with ``data_dir=`` and ``manual_dir=`` (arguments of
+    :func:`load`, or spec options: ``tfds:mnist?data_dir=/data/tfds&manual_dir=/data/dl``).
+    Data already prepared in ``array_record`` format is read without TensorFlow; preparing (downloading
     and encoding) most image builders needs TensorFlow (``pip install tensorflow``, the
     ``metanas-jax[tensorflow]`` extra) and is then done in ``array_record`` format so later
     reads don't need it.  ``split`` is a TFDS split name or ``"all"``.
 
+Options follow the path after a ``?`` (:mod:`metanas_jax.data.specs`), so one string, such
+as the config key ``data.target``, carries the whole spec.
+
 Every source returns a :class:`Dataset` of uint8 NHWC images and int32 labels.  Decoded
 arrays are cached on disk (see :mod:`metanas_jax.data.cache`); ``cache_dir=False``
 disables that.  ``image_size`` resizes every image once at load time (Pillow, Lanczos) and
-is part of the cache key.
+is part of the cache key.  IDX and ``.npz`` data are read directly (no cache) unless
+``image_size`` asks for a resize.
 """
 
 from __future__ import annotations
@@ -57,13 +75,18 @@ from typing import Any
 import numpy as np
 
 from . import cache as _cache
+from . import formats as _formats
+from .carve import CARVE_OPTIONS, Carve, carve_indices, resolve_split
+from .specs import check_options, parse_spec
 
 __all__ = ["Dataset", "load", "KNOWN_SPECS", "TFDS_NAMES"]
 
-KNOWN_SPECS = ("digits", "omniglot:DIR_OR_ZIPS", "folder:ROOT_OR_TAR", "tfds:NAME")
+KNOWN_SPECS = ("digits", "omniglot:DIR_OR_ZIPS", "folder:ROOT_OR_TAR", "idx:DIR", "npz:FILE", "tfds:NAME")
 TFDS_NAMES = ("omniglot", "cifar10", "cifar100", "imagenet_resized/32x32", "mnist")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}
+_SPEC_OPTIONS = {"digits": (), "omniglot": (), "folder": CARVE_OPTIONS, "idx": CARVE_OPTIONS,
+                 "npz": CARVE_OPTIONS, "tfds": ("data_dir", "manual_dir")}
 
 
 # --------------------------------------------------------------------------- Dataset
@@ -576,8 +599,10 @@ def _wrapped(parts_list: list[list[str]]) -> bool:
     )
 
 
-def _folder_select(tree: _Tree, split: str) -> tuple[tuple[str, ...], list[str], np.ndarray]:
-    """Pick the image files of ``split`` from an image-folder tree.
+def _folder_select(tree: _Tree, split: str, carve: Carve | None = None,
+                   spec: str = "folder:PATH") -> tuple[tuple[str, ...], list[str], np.ndarray]:
+    """Pick the image files of ``split`` from an image-folder tree (``carve``: the test
+    split carved from a folder without split folders; ``spec`` for error messages).
 
     Returns (class names, relative file paths, labels)."""
     root = tree.path
@@ -606,14 +631,9 @@ def _folder_select(tree: _Tree, split: str) -> tuple[tuple[str, ...], list[str],
             f"(or <class>/<image>), found {shown}"
         )
     depth = next(iter(depths))
+    available = sorted({p[0] for p in parts_list}) if depth == 3 else [""]
+    chosen, part = resolve_split(available, split, carve, str(root), spec, "no split folders, layout <class>/<image>")
     if depth == 3:
-        splits = sorted({p[0] for p in parts_list})
-        if split == "all":
-            chosen = set(splits)
-        elif split in splits:
-            chosen = {split}
-        else:
-            raise ValueError(f"split {split!r} not found in {root}; available splits: {splits} (or 'all')")
         sel = [p for p in parts_list if p[0] in chosen]
         class_of = [p[1] for p in sel]
         class_dirs = {
@@ -622,11 +642,6 @@ def _folder_select(tree: _Tree, split: str) -> tuple[tuple[str, ...], list[str],
             if d.startswith(pre) and d[len(pre):].count("/") == 1 and d[len(pre):].split("/")[0] in chosen
         }
     else:
-        if split != "all":
-            raise ValueError(
-                f"{root} has no split folders (layout <class>/<image>); load it with split='all' "
-                f"(got split={split!r})"
-            )
         sel = parts_list
         class_of = [p[0] for p in sel]
         class_dirs = {d[len(pre):] for d in tree.dirs if d.startswith(pre) and "/" not in d[len(pre):]}
@@ -651,23 +666,50 @@ def _folder_select(tree: _Tree, split: str) -> tuple[tuple[str, ...], list[str],
     order = sorted(range(len(sel)), key=lambda i: (index[class_of[i]], sel[i]))
     rels = [pre + "/".join(sel[i]) for i in order]
     labels = np.array([index[class_of[i]] for i in order], np.int32)
+    if part is not None:
+        keep = carve_indices(labels, carve.test_fraction, carve.seed)[part == "test"]
+        rels, labels = [rels[i] for i in keep], labels[keep]
     return class_names, rels, labels
 
 
-def _load_folder(arg: str, split: str, image_size, cache_dir) -> Dataset:
+def _load_folder(arg: str, split: str, image_size, cache_dir, carve: Carve | None = None) -> Dataset:
     if not arg:
         raise ValueError("spec 'folder:' needs a path, e.g. 'folder:/data/my_images' or 'folder:/data/images.tar'")
     path = _check_exists(Path(arg).expanduser(), "image folder or tar")
+    if path.is_dir() and _formats.has_idx(path):
+        return _load_arrays("idx", arg, split, image_size, cache_dir, carve)
     key = dict(source="folder", path=str(path.resolve()), split=split, fingerprint=_cache.fingerprint([path]),
                image_size=_as_hw(image_size))
+    if carve is not None:
+        key["carve"] = carve.key()
 
     def build() -> dict[str, np.ndarray]:
         tree = _Tree(path)
-        class_names, rels, labels = _folder_select(tree, split)
+        class_names, rels, labels = _folder_select(tree, split, carve, f"folder:{arg}")
         images = decode_images(tree.read_many(rels), image_size)
         return _to_arrays(Dataset(images, labels, class_names, {}))
 
     return _from_arrays(_cache.cached(cache_dir, f"folder-{path.name}-{split}", key, build))
+
+
+def _load_arrays(kind: str, arg: str, split: str, image_size, cache_dir, carve: Carve | None) -> Dataset:
+    """``idx:`` and ``npz:`` (:mod:`metanas_jax.data.formats`); cached only when resized."""
+    what = {"idx": "folder of IDX files", "npz": ".npz file"}[kind]
+    if not arg:
+        raise ValueError(f"spec '{kind}:' needs a path to a {what}, e.g. '{kind}:/data/mnist"
+                         + (".npz'" if kind == "npz" else "'"))
+    path = _check_exists(Path(arg).expanduser(), what)
+    files, read = _formats.open_arrays(kind, path, split, carve, f"{kind}:{arg}")
+
+    def build() -> dict[str, np.ndarray]:
+        images, labels, names = read()
+        return _to_arrays(Dataset(resize_images(images, image_size), labels, names, {}))
+
+    if image_size is None:
+        return _from_arrays(build())
+    key = dict(source=kind, path=str(path.resolve()), split=split, fingerprint=_cache.fingerprint(files),
+               image_size=_as_hw(image_size), carve=carve.key() if carve else None)
+    return _from_arrays(_cache.cached(cache_dir, f"{kind}-{path.name}-{split}", key, build))
 
 
 _OMNI_PARTS = ("background", "evaluation")
@@ -953,12 +995,16 @@ def load(
     """Load a dataset by spec; see the module docstring for the specs and their splits.
 
     Args:
-      spec: ``"digits"``, ``"omniglot:PATH"``, ``"folder:PATH"`` or ``"tfds:NAME"``.
+      spec: ``"digits"``, ``"omniglot:PATH"``, ``"folder:PATH"``, ``"idx:PATH"``,
+        ``"npz:PATH"`` or ``"tfds:NAME"``, optionally with options after a ``?``:
+        ``test_fraction=`` / ``seed=`` (``folder:``, ``idx:``, ``npz:`` data without a split)
+        or ``data_dir=`` / ``manual_dir=`` (``tfds:``).
       split: which split (source specific; ``"all"`` merges every split).
       cache_dir: cache folder; ``None`` -> ``$METANAS_CACHE`` or ``~/.cache/metanas_jax``;
         ``False`` -> no caching.
       data_dir, manual_dir, download: ``tfds:`` only (TFDS's data folder, the folder of
-        already downloaded archives, and whether to download/prepare when missing).
+        already downloaded archives, and whether to download/prepare when missing); the
+        first two may instead be spec options.
       image_size: resize every image to this (int or ``(h, w)``) at load time.
 
     Raises:
@@ -968,10 +1014,17 @@ def load(
     """
     if not isinstance(spec, str):
         raise ValueError(f"dataset spec must be a string, got {spec!r}; known specs: {', '.join(KNOWN_SPECS)}")
-    kind, sep, arg = spec.partition(":")
-    kind = kind.strip().lower()
+    parsed = parse_spec(spec)
+    kind, arg = parsed.kind, parsed.arg
+    if kind not in _SPEC_OPTIONS:
+        raise ValueError(
+            f"unknown dataset spec {spec!r}; known specs: {', '.join(KNOWN_SPECS)} "
+            f"(tfds names include {', '.join(TFDS_NAMES)})"
+        )
     if kind != "tfds" and (data_dir is not None or manual_dir is not None):
         raise ValueError(f"data_dir= and manual_dir= only apply to 'tfds:' specs, not {spec!r}")
+    check_options(parsed, _SPEC_OPTIONS[kind])
+    carve = Carve.from_spec(parsed)
     cdir = _cache.resolve_cache_dir(cache_dir)
     if kind == "digits":
         if arg:
@@ -980,10 +1033,12 @@ def load(
     if kind == "omniglot":
         return _load_omniglot(arg, split, image_size, cdir)
     if kind == "folder":
-        return _load_folder(arg, split, image_size, cdir)
-    if kind == "tfds":
-        return _load_tfds(arg.strip(), split, image_size, cdir, data_dir, manual_dir, download)
-    raise ValueError(
-        f"unknown dataset spec {spec!r}; known specs: {', '.join(KNOWN_SPECS)} "
-        f"(tfds names include {', '.join(TFDS_NAMES)})"
-    )
+        return _load_folder(arg, split, image_size, cdir, carve)
+    if kind in ("idx", "npz"):
+        return _load_arrays(kind, arg, split, image_size, cdir, carve)
+    for opt, given in (("data_dir", data_dir), ("manual_dir", manual_dir)):
+        if opt in parsed.options and given is not None:
+            raise ValueError(f"{opt} given twice: in the spec {spec!r} and as {opt}={given!r}")
+    data_dir = parsed.options.get("data_dir", data_dir)
+    manual_dir = parsed.options.get("manual_dir", manual_dir)
+    return _load_tfds(arg, split, image_size, cdir, data_dir, manual_dir, download)
