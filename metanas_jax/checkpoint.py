@@ -11,6 +11,10 @@ which Orbax does not store, as their shape plus a one-element dtype probe
 """
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("metanas_jax")
 
 KEY_TAG = "__prng_key__"
 EMPTY_TAG = "__empty_shape__"
@@ -68,9 +74,13 @@ class StageCheckpoints:
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._mngr = ocp.CheckpointManager(
+        self.keep = keep
+        self._mngr = self._manager()
+
+    def _manager(self):
+        return ocp.CheckpointManager(
             self.directory, item_names=("state", "record"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                                  enable_async_checkpointing=False,
                                                  cleanup_tmp_directories=True))
 
@@ -79,17 +89,40 @@ class StageCheckpoints:
         self._mngr.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
         self._mngr.wait_until_finished()
+        if os.environ.get("METANAS_FAULT") == f"{self.directory.name}:{int(step)}":
+            # fault injection for the resume tests: die like a SIGKILLed run, right here
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def latest(self):
-        step = self._mngr.latest_step()
-        if step is None:
-            return None
-        out = self._mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), record=ocp.args.JsonRestore()))
-        tree = out["state"]["tree"]
-        if isinstance(tree, dict) and set(tree) == {"_"}:
-            tree = {}
-        return int(step), from_saveable(_to_numpy(tree)), out["record"]
+        """The newest readable checkpoint. A damaged one (truncated, emptied or missing
+        files: a disk error, a copy cut short) is moved aside to ``damaged-<step>`` with a
+        one-line warning naming it, and the previous step is tried; with none readable the
+        stage starts afresh (``None``)."""
+        for step in sorted(self._mngr.all_steps(), reverse=True):
+            try:
+                out = self._mngr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), record=ocp.args.JsonRestore()))
+                tree = out["state"]["tree"]
+                record = out["record"]
+                if not isinstance(record, dict):
+                    raise ValueError(f"record is {type(record).__name__}, not a dict")
+            except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
+                self._set_aside(step, e)
+                continue
+            if isinstance(tree, dict) and set(tree) == {"_"}:
+                tree = {}
+            return int(step), from_saveable(_to_numpy(tree)), record
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        src = self.directory / str(step)
+        dst = self.directory / f"damaged-{step}-{int(time.time())}"
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        log.warning("checkpoint %s is damaged (%s); moved to %s, falling back to the previous "
+                    "one", src, reason, dst.name)
+        self._mngr.close()
+        src.rename(dst)
+        self._mngr = self._manager()
 
     def close(self):
         self._mngr.close()

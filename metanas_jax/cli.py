@@ -6,15 +6,23 @@
 
 Rerunning a command on the same workdir resumes it; a workdir made by an incompatible
 config is refused.
+
+Exit codes: 0 done; 1 an internal error (a bug: the traceback is shown); 2 a bad config,
+input data or workdir (one line naming the key, file or workdir); 3 a training diverged
+(non-finite loss; the stage and step are named); 4 the environment failed (permissions,
+disk full, a path that is a file: one line naming the path); 130 interrupted (Ctrl-C).
+``--debug`` (or ``METANAS_DEBUG=1``) shows the traceback of every failure.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 COMMANDS = ("meta-train", "search", "train", "run", "report")
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 def parse_args(argv):
@@ -26,6 +34,8 @@ def parse_args(argv):
                     help="config file (path.py or path.py:arg, or a name in configs/); default: configs/default.py")
     ap.add_argument("--workdir", default=None, help="default: runs/<config name>")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of a failure (also METANAS_DEBUG=1)")
     args, rest = ap.parse_known_args(argv)
     overrides = []
     it = iter(rest)
@@ -45,45 +55,79 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    from metanas_jax.config import apply_overrides, load_config
+    debug = args.debug or os.environ.get("METANAS_DEBUG", "") not in ("", "0")
+    _log_to_stderr()
     try:
-        cfg = load_config(args.config)
-        apply_overrides(cfg, overrides)
-        if args.no_progress:
-            cfg.runtime.progress = False
-    except ValueError as e:
-        print(f"metanas: error: {e}", file=sys.stderr)
-        return 2
+        return _main(args, overrides)
+    except BaseException as e:  # noqa: BLE001 - mapped to one line and an exit code
+        code = _exit_code(e)
+        if debug or code is None:
+            raise
+        print(f"metanas: {'interrupted' if code == EXIT_INTERRUPTED else 'error'}"
+              f"{': ' + _describe(e) if code != EXIT_INTERRUPTED else ''}", file=sys.stderr)
+        return code
+
+
+def _exit_code(e: BaseException):
+    """The documented exit code of a failure, or None for an internal error (a bug)."""
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, FloatingPointError):
+        return EXIT_DIVERGED
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return EXIT_CONFIG
+    if isinstance(e, OSError):
+        return EXIT_ENVIRONMENT
+    return None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:  # "[Errno 13] ..." -> what and where
+        return f"{e.strerror}: {e.filename!r}" if e.filename else e.strerror
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0] if isinstance(e, OSError) else text
+
+
+def _log_to_stderr() -> None:
+    """The library's warnings (``logging.getLogger("metanas_jax")``) as one line each."""
+    import logging
+    log = logging.getLogger("metanas_jax")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("metanas: %(levelname)s: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _main(args, overrides) -> int:
+    from metanas_jax.config import apply_overrides, load_config
+    cfg = load_config(args.config)
+    apply_overrides(cfg, overrides)
+    if args.no_progress:
+        cfg.runtime.progress = False
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     _compile_cache(cfg)
     from metanas_jax import pipeline, report
-    try:
-        if args.command == "report":
-            if not (workdir / "config.json").is_file():
-                raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
-            # the report reads only the workdir's records: any config may be given
-            path = report.write_report(workdir)
-            print(f"report: {path}")
-            return 0
-        stages = pipeline.STAGES if args.command == "run" else (args.command,)
-        t0 = time.perf_counter()
-        pipeline.run_stages(cfg, workdir, stages)
-        if args.command in ("run", "train") and cfg.report.enabled:
-            path = report.write_report(workdir)
-        else:
-            path = None
-        s = pipeline.summary(workdir)
-        print(_format_summary(s, path, time.perf_counter() - t0))
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"metanas: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "report":
+        if not (workdir / "config.json").is_file():
+            raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
+        # the report reads only the workdir's records: any config may be given
+        path = report.write_report(workdir)
+        missing = pipeline.summary(workdir)["missing"]
+        print(f"report: {path}" + (f" (incomplete: {', '.join(missing)} not finished)" if missing else ""))
+        return 0
+    stages = pipeline.STAGES if args.command == "run" else (args.command,)
+    t0 = time.perf_counter()
+    pipeline.run_stages(cfg, workdir, stages)
+    path = report.write_report(workdir) if args.command in ("run", "train") and cfg.report.enabled else None
+    print(_format_summary(pipeline.summary(workdir), path, time.perf_counter() - t0))
     return 0
 
 
 def _compile_cache(cfg) -> None:
     """Persistent XLA compilation cache (``runtime.compile_cache``; "" = off): on CPU the
     supernet training program takes minutes to compile, and resumed or repeated runs reuse it."""
-    import os
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or cfg.runtime.compile_cache
     if not path:
         return
@@ -94,6 +138,11 @@ def _compile_cache(cfg) -> None:
 
 def _format_summary(s: dict, report_path, wall: float) -> str:
     lines = ["", "== metanas summary =="]
+    if "data" in s:
+        d = s["data"]
+        lines.append(f"data: source {d['source']!r} -> target {d['target']!r}, {d['num_classes']} classes, "
+                     f"images {'x'.join(map(str, d['image_shape']))}, {d['images']['train']} train / "
+                     f"{d['images']['val']} val / {d['images']['test']} test")
     if "arch" in s:
         lines.append(f"best architecture ({s.get('primary')}): {s['arch']}")
         lines.append(f"validation accuracy {s['val_acc']:.4f}, test accuracy {s['test_acc']:.4f}")
@@ -111,6 +160,8 @@ def _format_summary(s: dict, report_path, wall: float) -> str:
              if s.get(f"{st} seconds") is not None]
     if times:
         lines.append("time per stage (cumulative over resumes): " + ", ".join(times))
+    if s.get("missing"):
+        lines.append(f"not finished in this workdir: {', '.join(s['missing'])}")
     lines.append(f"this command: {wall:.1f}s; workdir: {s['workdir']}")
     if report_path:
         lines.append(f"report: {report_path}")

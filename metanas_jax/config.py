@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +74,8 @@ def parse_value(text: str):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return float(text)  # typed as a float, then refused by check_finite by name
         if "," in text:
             return tuple(parse_value(t.strip()) for t in text.split(",") if t.strip())
         return text
@@ -118,6 +121,15 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
             raise ValueError(f"override {item!r} must look like --config.KEY=VALUE")
         apply_override(cfg, key.strip(), parse_value(text.strip()))
     return cfg
+
+
+def check_finite(cfg: ml_collections.ConfigDict) -> None:
+    """``ValueError`` naming the first key holding NaN or +-inf: no setting of this library
+    means anything with them, and a NaN rate trains silently to chance accuracy."""
+    for key, v in _flatten(cfg.to_dict()).items():
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"config key {key!r} must be finite, got {v!r}")
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict:

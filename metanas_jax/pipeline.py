@@ -33,7 +33,7 @@ from metanas_jax import meta as M
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.checkpoint import StageCheckpoints
-from metanas_jax.config import check_workdir
+from metanas_jax.config import check_finite, check_workdir
 
 STAGES = ("meta-train", "search", "train")
 META_METHODS = ("evaluator", "metanas")
@@ -127,6 +127,17 @@ class Prepared:
     target: data.TargetTask           # full train / val / test (final training, report)
     search_task: tuple                # (sx, sy, qx, qy) of the search subsample, normalised
     num_classes: int
+    source: data.Dataset | None = None  # the checked meta-training source, once loaded
+
+    def describe(self, cfg) -> dict:
+        """What the run works on, for the summary and the report (``workdir/data.json``)."""
+        t = self.target
+        return {"source": str(cfg.data.source), "target": str(cfg.data.target),
+                "image_shape": list(t.train.image_shape), "num_classes": self.num_classes,
+                "class_names": list(t.train.class_names),
+                "images": {"train": len(t.train), "val": len(t.val), "test": len(t.test),
+                           "search_train": int(self.search_task[0].shape[0]),
+                           "search_val": int(self.search_task[2].shape[0])}}
 
 
 def prepare(cfg) -> Prepared:
@@ -141,6 +152,10 @@ def prepare(cfg) -> Prepared:
     te = data.load(cfg.data.target, split="test", image_size=size)
     classes = data.parse_classes(cfg.data.target_classes, tr.class_names, "data.target_classes")
     tr, te = data.select_classes(tr, classes), data.select_classes(te, classes)
+    if tr.num_classes < 2:
+        raise ValueError(f"data.target {str(cfg.data.target)!r} (data.target_classes="
+                         f"{str(cfg.data.target_classes)!r}) has {tr.num_classes} class(es) "
+                         f"{list(tr.class_names)}: a classification target needs >= 2")
     full = data.target_task(tr, te, val_fraction=float(cfg.data.val_fraction), seed=int(cfg.seed))
     s_tr = data.subsample(full.train, cfg.data.target_train, int(cfg.seed)) \
         if 0 < cfg.data.target_train < len(full.train) else full.train
@@ -170,17 +185,6 @@ def _resume(ck: StageCheckpoints, fresh: dict):
     step, state, rec = latest if latest is not None else (0, {}, fresh)
     return step, state, rec, time.perf_counter() - float(rec.get("seconds", 0.0))
 
-def _same_dataset(a: str, b: str) -> bool:
-    """Whether two ``data.load`` specs name the same dataset (paths resolved)."""
-    def ident(spec):
-        kind, _, arg = str(spec).partition(":")
-        kind = kind.strip().lower()
-        if kind in ("folder", "omniglot") and arg:
-            arg = ",".join(str(Path(p.strip()).expanduser().resolve()) for p in arg.split(","))
-        return kind, arg.strip()
-    return ident(a) == ident(b)
-
-
 def source_dataset(cfg, prep: Prepared) -> data.Dataset:
     """The meta-training source, kept apart from the target by construction and by check.
 
@@ -189,7 +193,7 @@ def source_dataset(cfg, prep: Prepared) -> data.Dataset:
     and ``data.target_classes``, and the comparison covers the target's train split too.
     Any shared image is refused with an error naming both specs."""
     src_spec, tgt_spec = str(cfg.data.source), str(cfg.data.target)
-    same = _same_dataset(src_spec, tgt_spec)
+    same = data.same_dataset(src_spec, tgt_spec)
     if same and not (str(cfg.data.source_classes).strip() and str(cfg.data.target_classes).strip()):
         raise ValueError(
             f"source {src_spec!r} and target {tgt_spec!r} are the same dataset: meta-training "
@@ -199,6 +203,7 @@ def source_dataset(cfg, prep: Prepared) -> data.Dataset:
                     image_size=int(cfg.data.image_size) or None)
     src = data.select_classes(src, data.parse_classes(cfg.data.source_classes, src.class_names,
                                                       "data.source_classes"))
+    _check_source_fits(cfg, src, prep)
     if same:
         shared = sorted(set(src.class_names) & set(prep.target.train.class_names))
         if shared:
@@ -212,9 +217,24 @@ def source_dataset(cfg, prep: Prepared) -> data.Dataset:
     return src
 
 
+def _check_source_fits(cfg, src: data.Dataset, prep: Prepared) -> None:
+    """One network program serves NAS tasks and target: same image shape, and enough
+    source classes for ``data.n_classes``-way tasks."""
+    src_shape, tgt_shape = tuple(src.image_shape), tuple(prep.target.train.image_shape)
+    if src_shape != tgt_shape:
+        raise ValueError(f"source {str(cfg.data.source)!r} has images of shape {src_shape}, target "
+                         f"{str(cfg.data.target)!r} {tgt_shape}: the meta-learner is trained on the "
+                         f"source's shape; choose a source with the target's channels (data.source) "
+                         f"or one data.image_size for both")
+    if src.num_classes < int(cfg.data.n_classes):
+        raise ValueError(f"source {str(cfg.data.source)!r} has {src.num_classes} classes (after "
+                         f"data.source_classes), fewer than data.n_classes={cfg.data.n_classes}")
+
+
 def _nas_tasks(cfg, keys, prep: Prepared) -> data.TaskBatch:
     """The ``data.num_tasks`` NAS tasks (``n_train`` / ``n_val`` images) of the source."""
-    pool = data.ClassPool.from_dataset(source_dataset(cfg, prep), per_class="min")
+    src = prep.source if prep.source is not None else source_dataset(cfg, prep)
+    pool = data.ClassPool.from_dataset(src, per_class="min")
     return data.sample_nas_tasks(keys["tasks"], pool, int(cfg.data.n_classes), int(cfg.data.n_train),
                                  int(cfg.data.n_val), int(cfg.data.num_tasks))
 
@@ -225,6 +245,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     space's supernet, MAML family). Returns the stage record."""
     if cfg.meta.method not in META_METHODS:
         raise ValueError(f"meta.method: unknown {cfg.meta.method!r}; known: {list(META_METHODS)}")
+    _check_meta(cfg)
     prep = prep or prepare(cfg)
     if cfg.meta.method == "metanas":
         return _meta_train_metanas(cfg, workdir, prep)
@@ -236,15 +257,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         return rec
     space = prep.space
     n_tasks, per = int(cfg.data.num_tasks), int(cfg.meta.tasks_per_checkpoint)
-    if per < 1 or n_tasks < 2:
-        raise ValueError("meta.tasks_per_checkpoint must be >= 1 and data.num_tasks >= 2")
     folds = int(cfg.meta.cv_folds)
-    if folds and not (2 <= folds <= n_tasks and int(cfg.meta.archs_per_task) >= 4):
-        raise ValueError(f"meta.cv_folds={folds}: cross-validation needs 2 <= folds <= data.num_tasks "
-                         f"({n_tasks}) and meta.archs_per_task >= 4 ({cfg.meta.archs_per_task}); "
-                         f"0 turns it off")
-    if int(cfg.meta.cv_top_k) < 1:
-        raise ValueError(f"meta.cv_top_k must be >= 1, got {cfg.meta.cv_top_k}")
     n_chunks = -(-n_tasks // per)
     tasks = _nas_tasks(cfg, keys, prep)
     zs = list(state.get("zs", [])) if step <= n_chunks else None
@@ -262,18 +275,21 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                                        train=tcfg, costs=False)
             zs.append(np.asarray(exp.zs))
             scores.append(np.asarray(exp.scores))
-            metrics.log(phase="experience", chunk=c + 1, tasks=sl.stop, mean_acc=float(exp.scores.mean()))
+            metrics.log(phase="experience", chunk=c + 1, tasks=sl.stop, mean_acc=_finite_mean(exp.scores),
+                        diverged=int(np.isnan(exp.scores).sum()))
             bar.update(sl.stop - sl.start)
-            bar.set_postfix(mean_acc=f"{float(np.mean(np.concatenate(scores))):.3f}")
+            bar.set_postfix(mean_acc=_finite_mean(np.concatenate(scores)))
             ck.save(c + 1, {"zs": zs, "scores": scores},
                     {"phase": "experience", "seconds": time.perf_counter() - t_start})
         bar.close()
         step = n_chunks
     if step == n_chunks:
-        exp = S.Experience(space=space, zs=np.concatenate(zs), scores=np.concatenate(scores),
+        sc, failed = _diverged_as_failures(np.concatenate(scores), "meta-train", cfg)
+        exp = S.Experience(space=space, zs=np.concatenate(zs), scores=sc,
                            costs=np.full((n_tasks, int(cfg.meta.archs_per_task)), np.nan, np.float32),
                            support_x=np.asarray(tasks.support_x), support_y=np.asarray(tasks.support_y),
-                           meta={"steps": tcfg.steps, "lr": tcfg.lr, "num_classes": int(cfg.data.n_classes)})
+                           meta={"steps": tcfg.steps, "lr": tcfg.lr, "num_classes": int(cfg.data.n_classes),
+                                 "diverged": failed})
         S.save_experience(workdir / "experience.npz", exp)
     else:
         exp = S.load_experience(workdir / "experience.npz")
@@ -288,6 +304,10 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         params, losses = ev.meta_train(keys["evaluator"], train_data, steps=int(cfg.meta.evaluator_steps),
                                        batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
                                        n_query=n - n_sup, lr=1e-3)
+        bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
+        if bad.size:
+            raise FloatingPointError(f"stage meta-train: the evaluator's meta-training loss became "
+                                     f"non-finite at step {int(bad[0]) + 1} of {len(losses)}")
         metrics.log(phase="evaluator", steps=int(cfg.meta.evaluator_steps), first_loss=float(losses[0]),
                     last_loss=float(np.mean(losses[-10:])), seconds=time.perf_counter() - t0)
         step = n_chunks + 1
@@ -334,6 +354,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     record = {"phase": "strategy", "done": True, "seconds": time.perf_counter() - t_start,
               "evaluator_loss": rec.get("evaluator_loss", []), "strategy": meta_es.strategy.describe(),
               "experience_mean_acc": float(exp.scores.mean()), "chance": 1.0 / int(cfg.data.n_classes),
+              "experience_diverged": [int(exp.meta.get("diverged", 0)), int(exp.scores.size)],
               "cv": rec.get("cv")}
     record["warnings"] = evaluator_warnings(record)
     for w in record["warnings"]:
@@ -342,12 +363,70 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     return record
 
 
+def _finite_mean(a) -> float | None:
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else None
+
+
+def _diverged_as_failures(scores: np.ndarray, stage: str, cfg):
+    """Candidates whose training diverged (NaN score) count as failures scored 0, below any
+    real accuracy; ``(scores, how many)``. All of them diverging stops the stage."""
+    bad = ~np.isfinite(scores)
+    if bad.all():
+        raise FloatingPointError(
+            f"stage {stage}: the training of every candidate ({bad.size}) diverged (non-finite "
+            f"logits) with meta.lr={cfg.meta.lr}, meta.train_steps={cfg.meta.train_steps}; "
+            f"lower meta.lr")
+    return np.where(bad, 0.0, scores).astype(np.float32), int(bad.sum())
+
+
+def _check_meta(cfg) -> None:
+    """Ranges of the ``meta`` and ``data`` task keys that ``meta.method`` uses (types:
+    config overrides; finiteness: config.check_finite)."""
+    c, d = cfg.meta, cfg.data
+    at_least = {"data.num_tasks": (d.num_tasks, 2), "data.n_classes": (d.n_classes, 2),
+                "data.n_train": (d.n_train, 1), "data.n_val": (d.n_val, 1),
+                "meta.tasks_per_checkpoint": (c.tasks_per_checkpoint, 1),
+                "meta.archs_per_task": (c.archs_per_task, 1), "meta.train_steps": (c.train_steps, 1),
+                "meta.chunk": (c.chunk, 1), "meta.evaluator_steps": (c.evaluator_steps, 1),
+                "meta.batch_tasks": (c.batch_tasks, 1), "meta.cv_top_k": (c.cv_top_k, 1),
+                "meta.cv_folds": (c.cv_folds, 0), "meta.es_iterations": (c.es_iterations, 0),
+                "meta.es_population": (c.es_population, 1)}
+    for key, (v, lo) in at_least.items():
+        if int(v) < lo:
+            raise ValueError(f"{key} must be >= {lo}, got {v}")
+    if not float(c.lr) > 0:
+        raise ValueError(f"meta.lr (the candidates' training rate) must be > 0, got {c.lr}")
+    if not 0 < float(d.val_fraction) < 1:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    folds, n_tasks = int(c.cv_folds), int(d.num_tasks)
+    if c.method == "evaluator" and folds and not (2 <= folds <= n_tasks and int(c.archs_per_task) >= 4):
+        raise ValueError(f"meta.cv_folds={folds}: cross-validation needs 2 <= folds <= data.num_tasks "
+                         f"({n_tasks}) and meta.archs_per_task >= 4 ({c.archs_per_task}); "
+                         f"0 turns it off")
+    g = c.metanas
+    if c.method != "metanas":
+        return
+    for key in ("inner_lr", "arch_inner_lr", "meta_lr", "arch_meta_lr"):
+        if not float(g[key]) >= 0:
+            raise ValueError(f"meta.metanas.{key} must be >= 0, got {g[key]}")
+    if int(g.steps) < 1 or int(g.checkpoint_every) < 1 or not 1 <= int(g.meta_batch) <= n_tasks:
+        raise ValueError(f"meta.metanas: need steps >= 1, checkpoint_every >= 1 and "
+                         f"1 <= meta_batch <= data.num_tasks ({n_tasks}); got steps={g.steps}, "
+                         f"checkpoint_every={g.checkpoint_every}, meta_batch={g.meta_batch}")
+
+
 def evaluator_warnings(record: dict) -> list[str]:
     """What in a meta-train record says the meta-learner cannot be trusted: experience at
     chance (the proxy carries no signal), a rising meta-training loss, a held-out rank
     correlation <= 0 or a top-k regret no better than random choice."""
     out = []
     acc, chance = record.get("experience_mean_acc"), record.get("chance")
+    failed, total = record.get("experience_diverged") or (0, 0)
+    if failed:
+        out.append(f"{failed} of {total} NAS-experience trainings diverged (non-finite logits; "
+                   f"scored 0): meta.lr may be too high")
     if acc is not None and chance and acc < 1.5 * chance:
         out.append(f"NAS-experience accuracy {acc:.3f} is near chance ({chance:.3f}): the candidate "
                    f"training proxy (meta.train_steps, data.n_train) carries little signal")
@@ -402,10 +481,6 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     g = cfg.meta.metanas
     total, every = int(g.steps), int(g.checkpoint_every)
     n_tasks, mb = int(cfg.data.num_tasks), int(g.meta_batch)
-    if total < 1 or every < 1 or not 1 <= mb <= n_tasks:
-        raise ValueError(f"meta.metanas: need steps >= 1, checkpoint_every >= 1 and "
-                         f"1 <= meta_batch <= data.num_tasks ({n_tasks}); got steps={total}, "
-                         f"checkpoint_every={every}, meta_batch={mb}")
     ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
     metrics = Metrics(workdir, "meta-train", cfg.runtime.tensorboard)
     keys = _keys(cfg)
@@ -427,6 +502,10 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
             state, m = meta_step(state, data.TaskBatch(*(a[idx] for a in tasks)))
             step += 1
             m = {k: float(v) for k, v in jax.device_get(m).items()}
+            if not np.isfinite(m["loss"]):
+                raise FloatingPointError(f"stage meta-train (MetaNAS): the meta-loss became "
+                                         f"non-finite at step {step} (lower meta.metanas.meta_lr, "
+                                         f"now {g.meta_lr}, or inner_lr, now {g.inner_lr})")
             history.append([m["loss"], m["accuracy"]])
             metrics.log(phase="metanas", step=step, loss=m["loss"], accuracy=m["accuracy"],
                         support_loss_before=m["support_loss_before"],
@@ -512,7 +591,9 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                                   num_classes=prep.num_classes, train=_train_config(cfg))
     cache: dict[tuple, float] = {}
     for r in results.values():  # evaluations are deterministic per architecture: reuse them
-        cache.update({tuple(c): s for c, s in zip(r["choices"], r["scores"])})
+        bad = set(r.get("diverged", []))
+        cache.update({tuple(c): float("nan") if i in bad else s
+                      for i, (c, s) in enumerate(zip(r["choices"], r["scores"]))})
 
     def evaluate_cached(zs):
         archs = [tuple(prep.space.decode(z).choices) for z in zs]
@@ -520,14 +601,16 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         if todo:
             for i, s in zip(todo, evaluate(np.asarray(zs)[todo])):
                 cache[archs[i]] = float(s)
-        return np.asarray([cache[a] for a in archs], np.float32), archs
+        sc = np.asarray([cache[a] for a in archs], np.float32)
+        return np.where(np.isnan(sc), 0.0, sc).astype(np.float32), archs, np.isnan(sc)
 
     for name in methods:
         if name in results and results[name].get("done"):
             continue
         searcher = _make_searcher(cfg, name, prep, meta_state)
         state = searcher.init(keys["search"])
-        r = results.get(name) or {"choices": [], "zs": [], "scores": [], "predicted": [], "seconds": 0.0}
+        r = results.get(name) or {"choices": [], "zs": [], "scores": [], "predicted": [], "seconds": 0.0,
+                                  "diverged": []}
         if rec.get("current") == name and state_leaves:
             treedef = jax.tree.structure(state)
             state = jax.tree.unflatten(treedef, [jnp.asarray(x) if not isinstance(x, jax.Array) else x
@@ -540,8 +623,9 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             state, zs = ask(state)
             zs = np.asarray(zs)[: budget - len(r["scores"])]
             pred = np.asarray(predict(state, jnp.asarray(zs))).tolist() if predict else [None] * len(zs)
-            sc, archs = evaluate_cached(zs)
+            sc, archs, diverged = evaluate_cached(zs)
             state = tell(state, jnp.asarray(zs), jnp.asarray(sc))
+            r["diverged"] = r.get("diverged", []) + [len(r["scores"]) + int(j) for j in np.flatnonzero(diverged)]
             r["choices"] += [list(a) for a in archs]
             r["zs"] += zs.tolist()
             r["scores"] += sc.tolist()
@@ -556,6 +640,8 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             ck.save(step, {"leaves": list(jax.tree.leaves(state))},
                     {"results": results, "current": name, "seconds": time.perf_counter() - t_start})
         bar.close()
+        if len(r["diverged"]) == len(r["scores"]):
+            _diverged_as_failures(np.full(len(r["scores"]), np.nan), f"search ({name})", cfg)
         i = int(np.argmax(r["scores"]))
         r.update(done=True, best_index=i, best_val=r["scores"][i],
                  best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
@@ -570,6 +656,12 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     ck.save(step, {}, record)
     _write_json(workdir / "search.json", record)
     return record
+
+
+def search_warnings(results: dict) -> list[str]:
+    """Candidates of a search whose training diverged (scored 0, listed in ``diverged``)."""
+    return [f"search {name}: {len(r['diverged'])} of {len(r['scores'])} candidates' training "
+            f"diverged (non-finite logits; scored 0)" for name, r in results.items() if r.get("diverged")]
 
 
 # -- stage 3: final training ------------------------------------------------------------------
@@ -629,16 +721,32 @@ def run_stages(cfg, workdir: Path, stages=STAGES) -> dict:
     workdir = Path(workdir)
     # everything checkable before the workdir records the config: a config that fails
     # here leaves no config.json behind to refuse its corrected rerun
-    _check_search(cfg)
-    T.FinalTrainConfig.from_config(cfg.train)
-    prep = prepare(cfg)
+    prep = check_config(cfg, source="meta-train" in stages)
     with workdir_lock(workdir):
         check_workdir(cfg, workdir)
+        _write_json(workdir / "data.json", prep.describe(cfg))
         out = {}
         fns = {"meta-train": meta_train, "search": search, "train": final_train}
         for st in stages:
             out[st] = fns[st](cfg, workdir, prep)
     return out
+
+
+def check_config(cfg, source: bool = True) -> Prepared:
+    """The whole config checked before anything is written or trained: finite values, key
+    ranges, method names, the target loaded (>= 2 classes) and, with ``source``, the source
+    loaded, kept apart from the target and fitting its image shape. Returns the prepared
+    data so it is loaded once."""
+    check_finite(cfg)
+    if cfg.meta.method not in META_METHODS:
+        raise ValueError(f"meta.method: unknown {cfg.meta.method!r}; known: {list(META_METHODS)}")
+    _check_meta(cfg)
+    _check_search(cfg)
+    T.FinalTrainConfig.from_config(cfg.train)
+    prep = prepare(cfg)
+    if source:
+        prep.source = source_dataset(cfg, prep)
+    return prep
 
 
 @contextlib.contextmanager
@@ -647,6 +755,8 @@ def workdir_lock(workdir: Path):
     is refused at once instead of interleaving metrics and breaking checkpoints. The lock
     (``flock`` on ``workdir/.lock``) dies with its process, so a killed run resumes."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(20, "the workdir is not a folder", str(workdir))
     workdir.mkdir(parents=True, exist_ok=True)
     f = open(workdir / ".lock", "w")
     try:
@@ -663,21 +773,27 @@ def workdir_lock(workdir: Path):
 
 
 def summary(workdir: Path) -> dict:
-    """Stage times and the final results, from the workdir's stage records."""
+    """Data, stage times, warnings and the final results, from the workdir's records;
+    ``missing``: the stages not finished there."""
     workdir = Path(workdir)
-    out = {"workdir": str(workdir)}
+    out = {"workdir": str(workdir), "missing": [], "warnings": []}
+    if (workdir / "data.json").is_file():
+        out["data"] = json.loads((workdir / "data.json").read_text())
     for st in STAGES:
         latest = _stage_done(workdir, st)
-        if latest is not None:
+        if latest is None:
+            out["missing"].append(st)
+        else:
             out[f"{st} seconds"] = latest[2].get("seconds")
             if st == "meta-train":
                 if latest[2].get("cv"):
                     cv = latest[2]["cv"]
                     out["cv"] = {"k": cv["k"], "top_k": cv["top_k"], "mean": cv["mean"], "std": cv["std"]}
-                out["warnings"] = latest[2].get("warnings", [])
+                out["warnings"] += latest[2].get("warnings", [])
             if st == "search":
                 res = latest[2]["results"]
                 out["evaluations"] = {k: len(v["scores"]) for k, v in res.items()}
+                out["warnings"] += search_warnings(res)
                 out["primary"] = latest[2]["primary"]
             if st == "train":
                 out.update(arch=latest[2]["arch"], val_acc=latest[2]["val_acc"],

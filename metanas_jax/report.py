@@ -137,6 +137,16 @@ def _cv_section(cv: dict) -> list[str]:
     return lines + [""]
 
 
+def _data_section(d: dict) -> list[str]:
+    im = d["images"]
+    shape = "x".join(str(n) for n in d["image_shape"])
+    return ["## Data", "",
+            f"- source (meta-training tasks): `{d['source']}`",
+            f"- target: `{d['target']}`, {d['num_classes']} classes, images {shape} (as trained "
+            f"and tested), {im['train']} train / {im['val']} validation / {im['test']} test "
+            f"(search candidates: {im['search_train']} train / {im['search_val']} validation)", ""]
+
+
 def write_report(workdir) -> Path:
     """Write ``workdir/report/report.md`` (+ figures) and return its path."""
     workdir = Path(workdir)
@@ -144,7 +154,11 @@ def write_report(workdir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recs = _load(workdir)
     cfg = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").is_file() else {}
-    lines = [f"# metanas report: {cfg.get('name', workdir.name)}", ""]
+    missing = [st for st, rec in recs.items() if not rec]
+    lines = [f"# metanas report: {cfg.get('name', workdir.name)}"
+             + (f" (incomplete: {', '.join(missing)} not finished)" if missing else ""), ""]
+    if (workdir / "data.json").is_file():
+        lines += _data_section(json.loads((workdir / "data.json").read_text()))
     rows = [("stage", "seconds", "notes")]
     m = recs["meta-train"]
     if m and m.get("phase") == "metanas":  # gradient-based branch: query loss/acc per meta-step
@@ -166,11 +180,12 @@ def write_report(workdir) -> Path:
         rows.append(("train", f"{t['seconds']:.1f}", f"{t['epochs']} epochs, {t['compute_dtype']}"))
     lines += ["## Stages", "", "| " + " | ".join(rows[0]) + " |", "|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
-    missing = [st for st, rec in recs.items() if not rec]
     if missing:
         lines += [f"Stages not finished in this workdir (not shown): {', '.join(missing)}.", ""]
-    if m and m.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in m["warnings"]] + [""]
+    from metanas_jax.pipeline import search_warnings
+    warnings = (m or {}).get("warnings", []) + (search_warnings(s["results"]) if s else [])
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in warnings] + [""]
     if m and m.get("cv"):
         lines += _cv_section(m["cv"])
     if s:

@@ -1,14 +1,14 @@
 """End to end through the ``metanas`` command (subprocesses): every subcommand, SIGKILL
-mid-stage + resume == uninterrupted run, report and export. Tiny settings; the XLA
+inside each stage + resume == uninterrupted run, report and export. Tiny settings; the XLA
 compilation cache is shared between the runs so only the first one compiles."""
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,34 +73,34 @@ def test_run_summary_report_export(uninterrupted):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
+def test_kill_in_every_stage_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
+    """SIGKILL right after the first checkpoint of each stage in turn (meta-train mid-
+    experience, search after its first round, final training after its first epoch), each
+    time resumed by a rerun: the results equal the uninterrupted run's."""
     wd_a, _ = uninterrupted
     wd = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "metanas_jax", "run", "--workdir", str(wd), *TINY],
-                            env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # kill once the search stage has checkpointed at least one round (mid-stage)
-    deadline = time.time() + 1200
-    ck = wd / "ckpt" / "search"
-    while time.time() < deadline and proc.poll() is None:
-        if ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir()):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "run ended before it could be killed; make TINY larger"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (wd / "final.json").exists()
+    for stage in ("meta-train", "search", "train"):
+        p = subprocess.run([sys.executable, "-m", "metanas_jax", "run", "--workdir", str(wd), *TINY],
+                           env={**_env(cache), "METANAS_FAULT": f"{stage}:1"}, capture_output=True,
+                           text=True, timeout=1500)
+        assert p.returncode == -signal.SIGKILL, (stage, p.returncode, p.stderr[-2000:])
+        assert not (wd / "final.json").exists()
     # resume stage by stage: exercises each subcommand
     _cli(["meta-train", "--workdir", str(wd), *TINY], cache)
     _cli(["search", "--workdir", str(wd), *TINY], cache)
     _cli(["train", "--workdir", str(wd), *TINY], cache)
     p = _cli(["report", "--workdir", str(wd), *TINY], cache)
-    assert "report.md" in p.stdout
+    assert "report.md" in p.stdout and "incomplete" not in p.stdout
     a, b = _results(wd_a), _results(wd)
     assert a[0].keys() == b[0].keys()
     for k in a[0]:
         assert a[0][k][0] == b[0][k][0], k
         np.testing.assert_array_equal(a[0][k][1], b[0][k][1])
     assert a[1] == b[1]
+    from metanas_jax.export import load_model
+    wa, wb = load_model(wd_a / "export")[1], load_model(wd / "export")[1]
+    for x, y in zip(jax.tree.leaves(wa), jax.tree.leaves(wb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.slow

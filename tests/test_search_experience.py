@@ -69,6 +69,10 @@ def test_round_evaluation_is_one_program_and_position_independent():
     # a round smaller than the chunk: the padding pair is skipped, the others unchanged
     np.testing.assert_allclose(evaluate(zs[1:]), a[1:], atol=1e-6)
     assert evaluate.stats["evaluations"] == 11 and evaluate.stats["compilations"] <= 1
+    # a diverged training (here: NaN inputs, so NaN logits) scores NaN, not argmax's class 0
+    nan_eval = make_evaluate_fn(SPACE, (sx * jnp.nan, sy, qx, qy), jax.random.key(2), num_classes=3,
+                                train=CFG)
+    assert np.isnan(nan_eval(zs)).all() and nan_eval.stats["compilations"] == 0
 
 
 def test_proxy_fidelity_ranks_proxies_against_a_reference():

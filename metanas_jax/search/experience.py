@@ -161,7 +161,8 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
 
         (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.steps)
         logits = net.apply({"params": params, **rest}, qx, w, train=True)
-        return jnp.mean(jnp.argmax(logits, -1) == qy)
+        # a diverged training (NaN/inf logits) is NaN, not the accuracy of argmax's class 0
+        return jnp.where(jnp.all(jnp.isfinite(logits)), jnp.mean(jnp.argmax(logits, -1) == qy), jnp.nan)
 
     if use_vmap:  # padding pairs are computed and dropped: they run in parallel anyway
         return jax.jit(lambda valid, *a: jax.vmap(one)(*a))
@@ -252,8 +253,9 @@ def collect_experience(key: jax.Array, space: SearchSpace, tasks, n_archs: int, 
 
 def make_evaluate_fn(space: SearchSpace, task, key: jax.Array, *, num_classes: int | None = None,
                      train: TrainConfig = TrainConfig()):
-    """``evaluate(zs) -> validation accuracies`` for one task (``(support_x, support_y,
-    query_x, query_y)`` without a task axis): every candidate of a round trained in one
+    """``evaluate(zs) -> validation accuracies`` (NaN where a candidate's training diverged)
+    for one task (``(support_x, support_y, query_x, query_y)`` without a task axis): every
+    candidate of a round trained in one
     compiled program. ``evaluate.stats`` counts evaluations, seconds and the compilations
     of the training program this evaluator caused (0 when an earlier caller compiled it)."""
     sx, sy, qx, qy = (jnp.asarray(a) for a in task)
