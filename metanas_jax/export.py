@@ -80,6 +80,7 @@ class _Loaded:
         self.module, self.meta, self._norm = module, meta, norm
         self.arch_string = meta["arch"]["string"]
         self.num_classes = meta["num_classes"]
+        self._predict_fn = None
 
     def preprocess(self, x_uint8):
         return self._norm(x_uint8)
@@ -99,6 +100,26 @@ class _Loaded:
             raise ValueError(f"model.apply wants images (N, {', '.join(map(str, shape))}) as in "
                              f"training, got shape {tuple(x.shape)}")
         return self.module.apply(variables, x, train=train, **kw)
+
+    def predict(self, variables, pixels, batch_size: int = 500) -> np.ndarray:
+        """Class indices of uint8 ``pixels`` ``(N, H, W, C)`` (or one image ``(H, W, C)``),
+        normalised as in training and classified in batches; ``model.meta["class_names"]``
+        names them. Other dtypes or shapes are refused, naming what was expected."""
+        x = np.asarray(pixels)
+        if x.dtype != np.uint8:
+            raise ValueError(f"model.predict takes uint8 pixels, got {x.dtype}; for normalised "
+                             f"float images use model.apply")
+        shape = tuple(self.meta["image_shape"])
+        if x.ndim == len(shape):
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"model.predict wants uint8 images (N, {', '.join(map(str, shape))}) "
+                             f"as in training, got shape {tuple(np.shape(pixels))}")
+        if self._predict_fn is None:
+            self._predict_fn = jax.jit(lambda v, b: jnp.argmax(
+                self.module.apply(v, self._norm(b), train=False), -1))
+        return np.concatenate([np.asarray(self._predict_fn(variables, x[i:i + batch_size]))
+                               for i in range(0, len(x), batch_size)] or [np.zeros(0, np.int32)])
 
     def __repr__(self):
         return f"LoadedModel({self.arch_string!r}, num_classes={self.num_classes})"

@@ -82,6 +82,13 @@ def test_export_round_trip(setup, tmp_path):
     assert model.arch_string == str(arch)
     with pytest.raises(ValueError, match="preprocess"):
         model.apply(loaded, x)
+    labels = model.predict(loaded, x, batch_size=5)  # uint8 pixels, batched, preprocessed
+    np.testing.assert_array_equal(labels, np.argmax(np.asarray(want), -1))
+    assert model.predict(loaded, x[0]).shape == (1,)
+    with pytest.raises(ValueError, match="uint8"):
+        model.predict(loaded, model.preprocess(x))
+    with pytest.raises(ValueError, match=r"\(N, 8, 8, 1\)"):
+        model.predict(loaded, x[:, :4])
     with pytest.raises(ValueError, match="shape"):
         model.apply(loaded, model.preprocess(x)[:, :4])
     import json
