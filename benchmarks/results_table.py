@@ -1,11 +1,11 @@
-"""The README's transfer-results table, generated from ``benchmarks/results/*.json``.
+"""The README's results blocks, generated from ``benchmarks/results/*.json``.
 
-    python benchmarks/results_table.py            # print the table
-    python benchmarks/results_table.py --write    # replace it in README.md
+    python benchmarks/results_table.py            # print every block
+    python benchmarks/results_table.py --write    # replace them in README.md
 
-The README holds the table between ``<!-- transfer-results -->`` markers;
-``tests/test_readme.py`` checks that it equals what this script prints, so no figure in it
-is typed by hand or goes stale.
+The README holds each block between two ``<!-- NAME -->`` markers (:data:`BLOCKS`);
+``tests/test_readme.py`` checks that each equals what this script prints, so no figure in
+them is typed by hand or goes stale.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MARK = "<!-- transfer-results -->"
+# published figures the few-shot rows are compared with (Finn et al., 2017, MAML)
+PUBLISHED = {("conv4", 5, 1): "MAML 98.7%", ("conv4", 20, 1): "MAML 95.8%"}
 LABELS = {"meta": "meta-searcher (meta-trained evaluator + strategy)",
           "scratch": "same searcher, no meta-training", "evolution": "regularized evolution",
           "random": "random search", "reference": "hand-designed reference (not searched)"}
@@ -33,7 +34,7 @@ def _images(n) -> str:
     return "all images" if n in (None, "all") else f"{n:,} images"
 
 
-def table() -> str:
+def transfer_table() -> str:
     lines = []
     path = RESULTS / "tinyimagenet_to_cifar10_cpu.json"
     if path.is_file():
@@ -121,25 +122,96 @@ def final_training() -> list[str]:
     return lines
 
 
-def readme_block(text: str) -> str | None:
-    parts = text.split(MARK)
+def nb201_table() -> str:
+    """``bench_nb201.py``'s table-lookup search comparison on NAS-Bench-201."""
+    path = RESULTS / "nb201_cifar10.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    res = r["results"]
+    ns = sorted(int(n) for n in next(iter(res.values()))["best_at"])
+    seeds = next(iter(res.values()))["seeds"]
+    lines = [f"NAS-Bench-201, CIFAR-10 column (optimum 94.37%), {seeds} seeds, every evaluation a table "
+             f"look-up (`{path.relative_to(ROOT)}`, `{r['command']}`): mean best test accuracy (%) after N "
+             f"evaluations; the meta-searcher is meta-trained on the CIFAR-100 and ImageNet16-120 columns.", "",
+             "| method | " + " | ".join(f"N={n}" for n in ns) + " | reached optimum | mean evals to optimum |",
+             "|---|" + "---|" * (len(ns) + 2)]
+    for name, row in res.items():
+        evals = f"{row['evals_to_opt']:.1f}" if row.get("evals_to_opt") is not None else "-"
+        lines.append(f"| {name} | " + " | ".join(f"{row['best_at'][str(n)]:.2f}" for n in ns)
+                     + f" | {row['hits']}/{row['seeds']} | {evals} |")
+    tau = r["tau"]
+    lines += ["", f"Evaluator's Kendall tau on the held-out CIFAR-10 column: {tau['before'][0]:.3f} before, "
+              f"{tau['after'][0]:.3f} after adaptation."]
+    return "\n".join(lines)
+
+
+def _fewshot_label(r: dict) -> str:
+    c = r["config"]
+    d, m, model = c["data"], c["meta"], c["model"]
+    if model["name"] == "conv4":
+        net = "conv4"
+    else:
+        net = f"DARTS cell ({model['channels']} ch., {model['nodes']} nodes)"
+        if r.get("search"):
+            net += ", in two stages (search, then the derived cell)"
+    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}"
+
+
+def fewshot_table() -> str:
+    """``omniglot_fewshot.py``'s meta-test accuracies (600 episodes, 95% interval)."""
+    files = ["omniglot_5w1s_conv4", "omniglot_5w1s_darts_cpu", "omniglot_5w1s_darts_derived",
+             "omniglot_20w1s_conv4"]
+    rows = []
+    for name in files:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        res, c = r["result"], r["config"]
+        stages = [r["search"]] if r.get("search") else []
+        steps = " + ".join(f"{x['meta_steps']:,}" for x in stages + [r])
+        minutes = sum(x["train_s"] for x in stages + [r]) / 60
+        published = PUBLISHED.get((c["model"]["name"], c["data"]["n_way"], c["data"]["k_shot"]), "-")
+        rows.append(f"| {_fewshot_label(r)} | {res['accuracy'] * 100:.2f}% +- {res['ci95'] * 100:.2f}% | "
+                    f"{steps} meta-steps in {minutes:.0f} min | {published} | `{path.relative_to(ROOT)}` |")
+    if not rows:
+        return ""
+    return "\n".join([f"Few-shot meta-test accuracy, {res['episodes']} test episodes, 95% interval, on "
+                      f"{r.get('cpu_count', '?')} CPU cores (each file holds its command and config):", "",
+                      "| setting | accuracy | budget | published | result file |", "|---|---|---|---|---|"]
+                     + rows)
+
+
+BLOCKS = {"transfer-results": transfer_table, "nb201-results": nb201_table,
+          "fewshot-results": fewshot_table}
+
+
+def readme_block(text: str, name: str) -> str | None:
+    parts = text.split(f"<!-- {name} -->")
     return parts[1].strip("\n") if len(parts) == 3 else None
+
+
+def write(text: str) -> str:
+    """``text`` (the README) with every block regenerated."""
+    for name, fn in BLOCKS.items():
+        mark = f"<!-- {name} -->"
+        parts = text.split(mark)
+        if len(parts) != 3:
+            raise SystemExit(f"README.md must hold exactly two {mark} markers")
+        text = parts[0] + mark + "\n" + fn() + "\n" + mark + parts[2]
+    return text
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    t = table()
     if not args.write:
-        print(t)
+        print("\n\n".join(fn() for fn in BLOCKS.values()))
         return
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    parts = text.split(MARK)
-    if len(parts) != 3:
-        raise SystemExit(f"README.md must hold exactly two {MARK} markers")
-    readme.write_text(parts[0] + MARK + "\n" + t + "\n" + MARK + parts[2])
+    readme.write_text(write(readme.read_text()))
 
 
 if __name__ == "__main__":

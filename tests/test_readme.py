@@ -1,7 +1,9 @@
-"""README.md's results table is generated from benchmarks/results/*.json (no figure typed
-by hand), and its test command is the one .ci/run runs."""
+"""README.md's results blocks are generated from benchmarks/results/*.json (no figure typed
+by hand). (That its test command is the one CI runs, .ci/run checks itself.)"""
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,8 +15,10 @@ def _results_table():
     return mod
 
 
-def test_readme_transfer_table_matches_the_result_files():
+@pytest.mark.parametrize("name", ["transfer-results", "nb201-results", "fewshot-results"])
+def test_readme_results_blocks_match_the_result_files(name):
     mod = _results_table()
-    block = mod.readme_block((ROOT / "README.md").read_text())
-    assert block is not None, "README.md lost its transfer-results markers"
-    assert block == mod.table(), "README table is stale: run python benchmarks/results_table.py --write"
+    assert name in mod.BLOCKS
+    block = mod.readme_block((ROOT / "README.md").read_text(), name)
+    assert block is not None, f"README.md lost its {name} markers"
+    assert block == mod.BLOCKS[name](), "README results are stale: run python benchmarks/results_table.py --write"
