@@ -38,7 +38,7 @@ def test_map_tasks_strategies_agree():
                                          ("arch_update", "both"), ("meta_opt", "lbfgs"),
                                          ("strategy", "pmap"), ("arch_warmup_steps", -1),
                                          ("meta_lr_schedule", "linear"), ("scan_unroll", 0),
-                                         ("scan_unroll", "full")])
+                                         ("scan_unroll", "full"), ("query_norm", "query")])
 def test_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=field):
         meta.MetaConfig(**{field: value})
@@ -178,3 +178,58 @@ def test_derived_learner_inherits_the_supernets_function():
     assert meta.derived_learner(sup, space.decode(z), channels=2).module.channels == 2
     with pytest.raises(ValueError, match="no search space"):
         meta.derived_learner(tiny_conv4(), space.decode(z))
+
+
+def test_support_query_norm_predicts_each_query_alone():
+    """``query_norm="support"``: the adapted conv4's query logits are the same whether the
+    queries are classified together or one at a time; under ``"batch"`` (MAML's
+    transductive batch norm, the default) they are not. ``adapt_and_predict`` and the
+    meta-test score with the same logits."""
+    learner = tiny_conv4()
+    cfg = meta.MetaConfig(inner_steps=1, eval_inner_steps=1, inner_lr=0.1)
+    t = toy_tasks(jax.random.PRNGKey(3), 2)
+    sx, sy, qx, qy = t.support_x[0], t.support_y[0], t.query_x[0], t.query_y[0]
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), sx)
+
+    @jax.jit
+    def together_and_alone(p, z):
+        p, z, _ = meta.adapt(learner, cfg, p, z, sx, sy, steps=1)
+        out = {}
+        for mode in ("batch", "support"):
+            one = lambda x, m=mode: meta.predict(learner, cfg, p, z, x[None], sx, m)[0]
+            out[mode] = (meta.predict(learner, cfg, p, z, qx, sx, mode), jax.vmap(one)(qx))
+        return out
+
+    out = together_and_alone(state.params, state.arch)
+    np.testing.assert_allclose(*out["support"], rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(out["batch"][0] - out["batch"][1]).max()) > 1e-2
+    assert float(jnp.abs(out["batch"][0] - out["support"][0]).max()) > 1e-2
+    support_cfg = cfg.replace(query_norm="support")
+    logits = meta.adapt_and_predict(learner, support_cfg, state, sx, sy, qx)
+    np.testing.assert_allclose(logits, out["support"][0], rtol=1e-5, atol=1e-5)
+    acc, _, _ = meta.make_adapt_and_score(learner, support_cfg)(state.params, state.arch, t)
+    assert float(acc[0]) == pytest.approx(float(jnp.mean(jnp.argmax(logits, -1) == qy)))
+    with pytest.raises(ValueError, match="support_x"):
+        meta.predict(learner, cfg, state.params, state.arch, qx, query_norm="support")
+    with pytest.raises(ValueError, match="query_norm"):
+        meta.adapt_and_predict(learner, cfg, state, sx, sy, qx, query_norm="single")
+
+
+def test_meta_training_with_support_query_norm():
+    """Second-order MAML meta-trains with the query loss on support statistics (its
+    gradient runs through them as well): finite metrics and gradients, and the weights
+    move. A network whose batch norm cannot take the support set's statistics (macro32's
+    hard supernet) is refused, naming the mode."""
+    learner = tiny_conv4()
+    t = toy_tasks(jax.random.PRNGKey(3), 2)
+    cfg = meta.MetaConfig(algorithm="maml", inner_steps=1, inner_lr=0.1, meta_lr=1e-2,
+                          query_norm="support")
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), t.support_x[0])
+    new, m = meta.make_meta_step(learner, cfg)(state, t)
+    assert all(np.isfinite(float(v)) for v in m.values()) and float(m["grad_norm"]) > 0
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(new.params),
+                                                          jax.tree_util.tree_leaves(state.params))]
+    assert all(np.isfinite(moved)) and max(moved) > 0
+    hard = meta.supernet_learner(spaces.get("macro32", widths=(4, 8), stem_width=4), 3, hard=True)
+    with pytest.raises(ValueError, match="query_norm='support'"):
+        meta.make_meta_step(hard, meta.MetaConfig(query_norm="support"))

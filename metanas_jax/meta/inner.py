@@ -14,12 +14,26 @@ import optax
 from metanas_jax.meta.config import MetaConfig, make_optimizer
 
 
-def loss_and_accuracy(learner, params, z, x, y, temperature):
-    """Mean softmax cross-entropy and accuracy of ``learner`` on ``(x, y)``."""
-    logits = learner.apply(params, z, x, temperature)
+def loss_and_accuracy(learner, params, z, x, y, temperature, norm_x=None):
+    """Mean softmax cross-entropy and accuracy of ``learner`` on ``(x, y)`` (batch norm with
+    ``norm_x``'s statistics when given, :meth:`Learner.apply`)."""
+    logits = learner.apply(params, z, x, temperature, norm_x=norm_x)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
     return loss, acc
+
+
+def query_norm_x(cfg: MetaConfig, support_x):
+    """What the query set's batch norm takes its statistics from under ``cfg.query_norm``:
+    ``None`` (the queries' own) for ``"batch"``, the support images for ``"support"``."""
+    return support_x if cfg.query_norm == "support" else None
+
+
+def query_loss_and_accuracy(learner, cfg: MetaConfig, params, z, support_x, qx, qy):
+    """Loss and accuracy on the query set ``(qx, qy)`` at ``cfg.temp_end``, normalised as
+    ``cfg.query_norm`` says (``support_x``: the task's support images)."""
+    return loss_and_accuracy(learner, params, z, qx, qy, float(cfg.temp_end),
+                             norm_x=query_norm_x(cfg, support_x))
 
 
 def _select(flag, new, old):

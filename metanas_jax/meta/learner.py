@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from metanas_jax.nn.conv4 import Conv4
 from metanas_jax.nn.fastconv import resolve_impl
+from metanas_jax.nn.ops import NORM_STATS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -57,11 +58,48 @@ class Learner:
         return {g: jax.nn.softmax(jnp.log(jnp.maximum(w, 1e-30)) / temperature, axis=-1)
                 for g, w in w1.items()}
 
-    def apply(self, params, z, x, temperature=1.0):
-        """Logits of ``x``; ``temperature`` is the relaxation's (ignored without a space)."""
+    def apply(self, params, z, x, temperature=1.0, norm_x=None):
+        """Logits of ``x``; ``temperature`` is the relaxation's (ignored without a space).
+
+        Batch norm normalises ``x`` with ``x``'s own statistics, so one image's logits
+        depend on the other images of ``x`` (MAML's transductive convention). With
+        ``norm_x`` (e.g. the task's support set) every batch-norm layer uses the statistics
+        it computes on ``norm_x`` instead: a first pass over ``norm_x`` records them
+        (:func:`metanas_jax.nn.ops.norm_moments`), the second applies them to ``x``, so each
+        row of the result depends on that row of ``x`` and on ``norm_x`` only. Pure, and
+        differentiable through both passes (second-order MAML included)."""
+        if norm_x is None:
+            return self._apply({"params": params}, z, x, temperature)
+        self.check_norm_from_other_images()
+        _, recorded = self._apply({"params": params}, z, norm_x, temperature, mutable=[NORM_STATS])
+        if not recorded.get(NORM_STATS):
+            raise ValueError(f"{type(self.module).__name__} recorded no batch-norm statistics "
+                             f"on norm_x: it has no layer that reads them "
+                             f"(metanas_jax.nn.ops.norm_moments); use query_norm='batch'")
+        out, seen = self._apply({"params": params, **recorded}, z, x, temperature,
+                                mutable=[NORM_STATS])
+        paths = lambda t: {p for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]}
+        missing = paths(seen) - paths(recorded)
+        if missing:  # a norm that ran on x but not on norm_x: it normalised with x's stats
+            raise ValueError(f"{type(self.module).__name__}: batch norm at "
+                             f"{sorted(jax.tree_util.keystr(p) for p in missing)[:3]} got no "
+                             f"statistics from norm_x (a lifted transform must list the "
+                             f"{NORM_STATS!r} collection)")
+        return out
+
+    def _apply(self, variables, z, x, temperature, **kw):
         if not self.searches:
-            return self.module.apply({"params": params}, x)
-        return self.module.apply({"params": params}, x, self.weights(z, temperature), train=True)
+            return self.module.apply(variables, x, **kw)
+        return self.module.apply(variables, x, self.weights(z, temperature), train=True, **kw)
+
+    def check_norm_from_other_images(self):
+        """ValueError unless :meth:`apply` can take ``norm_x`` with this network: it must be a
+        linen module (whose batch norms are ``Norm``/``PooledNorm``, or other layers calling
+        :func:`~metanas_jax.nn.ops.norm_moments`)."""
+        if not isinstance(self.module, nn.Module):
+            raise ValueError(f"query_norm='support' needs a linen network whose batch norm can "
+                             f"take the support set's statistics; {type(self.module).__name__} "
+                             f"computes its own (use query_norm='batch', or the soft supernet)")
 
 
 def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool",

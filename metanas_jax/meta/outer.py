@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from metanas_jax.meta.config import MetaConfig
-from metanas_jax.meta.inner import adapt, loss_and_accuracy
+from metanas_jax.meta.inner import adapt, query_loss_and_accuracy
 from metanas_jax.meta.state import MetaState, arch_optimizer, meta_optimizer, meta_trained
 from metanas_jax.meta.tasks_map import map_tasks
 
@@ -48,7 +48,7 @@ def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch
     def adapted_query(p, a, r, first_order=False):
         p2, a2, sl = adapt(learner, cfg, p, a, sx, sy, arch_active=arch_active, lrs=r,
                            first_order=first_order)
-        loss, acc = loss_and_accuracy(learner, p2, a2, qx, qy, float(cfg.temp_end))
+        loss, acc = query_loss_and_accuracy(learner, cfg, p2, a2, sx, qx, qy)
         return loss, (acc, sl)
 
     if cfg.algorithm == "maml" or (lrs is not None and cfg.algorithm == "fomaml"):
@@ -63,10 +63,10 @@ def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch
         p2, a2, sl = adapt(learner, cfg, params, z, sx, sy, arch_active=arch_active)
         if cfg.algorithm == "fomaml":
             (loss, acc), (gp, ga) = jax.value_and_grad(
-                lambda p, a: loss_and_accuracy(learner, p, a, qx, qy, float(cfg.temp_end)),
+                lambda p, a: query_loss_and_accuracy(learner, cfg, p, a, sx, qx, qy),
                 argnums=(0, 1), has_aux=True)(p2, a2)
         else:  # reptile: move towards the adapted solution
-            loss, acc = loss_and_accuracy(learner, p2, a2, qx, qy, float(cfg.temp_end))
+            loss, acc = query_loss_and_accuracy(learner, cfg, p2, a2, sx, qx, qy)
             gp = jax.tree_util.tree_map(jnp.subtract, params, p2)
             ga = z - a2
     metrics = {"loss": loss, "accuracy": acc, "support_loss_before": sl[0],
@@ -86,6 +86,8 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
     gradient wrt a replicated input is implicitly summed over devices, which makes every
     inner step ``devices`` times too large.
     """
+    if cfg.query_norm == "support":
+        learner.check_norm_from_other_images()
     w_opt, a_opt = meta_optimizer(cfg), arch_optimizer(cfg)
     learn_arch = learner.searches and cfg.arch_meta_lr > 0
 

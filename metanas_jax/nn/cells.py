@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metanas_jax.nn.fastconv import Conv
-from metanas_jax.nn.ops import ConvBN, FactorizedReduce, Norm, SepConv, avg_pool, max_pool, subsample
+from metanas_jax.nn.ops import (NORM_STATS, ConvBN, FactorizedReduce, Norm, SepConv, avg_pool,
+                                max_pool, subsample)
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.darts import Darts
 from metanas_jax.spaces.nb201 import NB201, NB201_EDGES
@@ -143,7 +144,8 @@ class DartsCell(nn.Module):
             dst = np.array([self.space.edges[e][0] for e in ids], np.int32) + 2 - first
             from_carry = stride == 1
             edge = (weights[np.array(ids)], src_i - first if from_carry else src_i, dst)
-            scan = nn.scan(nn.remat(MixedEdge), variable_axes={"params": 0, "batch_stats": 0},
+            scan = nn.scan(nn.remat(MixedEdge),
+                           variable_axes={"params": 0, "batch_stats": 0, NORM_STATS: 0},
                            split_rngs={"params": True}, in_axes=(0, nn.broadcast), length=len(ids))
             buf, _ = scan(self.space.primitives, self.channels, stride, from_carry, self.track,
                           train, self.dtype, name=name)(buf, edge, inputs)

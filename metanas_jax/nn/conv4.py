@@ -5,7 +5,9 @@ then a linear classifier; norm, ReLU and pool are computed pool-first (:class:`P
 ``downsample="stride"`` replaces the pool with a stride-2 convolution, the variant MAML
 used for Omniglot (4x fewer multiply-adds at 28x28).
 Batch norm never tracks running averages, so ``apply`` is pure (the MAML convention:
-support and query sets are each normalised with their own statistics).
+support and query sets are each normalised with their own statistics); the statistics
+can come from other images instead (:func:`metanas_jax.nn.ops.norm_moments`, e.g. the
+support set's for ``MetaConfig.query_norm="support"``).
 Convolutions go through :mod:`metanas_jax.nn.fastconv` so the per-task execution stays
 fast on every backend.
 """
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from metanas_jax.nn.fastconv import Conv, resolve_impl
-from metanas_jax.nn.ops import EPS, Norm, batch_moments
+from metanas_jax.nn.ops import EPS, Norm, norm_moments
 
 
 def _windows(x):
@@ -73,7 +75,7 @@ class PooledNorm(nn.Module):
         return jnp.where(self.scale >= 0, 1.0, -1.0)
 
     def __call__(self, x_flipped):
-        mean, var = batch_moments(x_flipped)
+        mean, var = norm_moments(self, x_flipped)
         a = jnp.abs(self.scale) * jax.lax.rsqrt(var + EPS)
         y = (max_pool_2x2(x_flipped) - mean.astype(x_flipped.dtype)) * a.astype(x_flipped.dtype)
         return nn.relu(y + self.bias.astype(x_flipped.dtype))

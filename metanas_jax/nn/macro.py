@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metanas_jax.nn.ops import ConvBN, SepConv, fit_channels, max_pool, subsample
+from metanas_jax.nn.ops import NORM_STATS, ConvBN, SepConv, fit_channels, max_pool, subsample
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.macro32 import Macro32
 
@@ -154,7 +154,8 @@ class MacroSupernet(nn.Module):
         feats = tuple([fit_channels(h, cmax)] + [jnp.zeros((x.shape[0], a, b, cmax), h.dtype)
                                                   for a, b in shapes[1:]])
         mass = jnp.zeros(len(shapes)).at[0].set(1.0)
-        layers = nn.scan(MacroLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+        layers = nn.scan(MacroLayer, variable_axes={"params": 0, NORM_STATS: 0},
+                         split_rngs={"params": True},
                          length=sp.layers)(sp, self.dtype, name="layers")
         (feats, mass), _ = layers((feats, mass), weights)
         pooled = sum(mass[v] * jnp.mean(f, axis=(1, 2)) for v, f in enumerate(feats))

@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from metanas_jax.nn.fastconv import Conv
 
 EPS = 1e-5
+# A variable collection that makes batch norm normalise with statistics computed on other
+# images (see norm_moments); Learner.apply(..., norm_x=...) drives it.
+NORM_STATS = "norm_stats"
 
 
 def batch_moments(x):
@@ -25,13 +28,36 @@ def batch_moments(x):
     return mean, jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
 
 
+def norm_moments(module: nn.Module, x):
+    """The ``(mean, var)`` batch-norm layer ``module`` normalises ``x`` with: ``x``'s own
+    (:func:`batch_moments`), unless the :data:`NORM_STATS` collection says otherwise.
+
+    Applied with ``mutable=[NORM_STATS]`` the layer records the moments it computed; applied
+    with those records in the variables (``{"params": ..., NORM_STATS: records}``) it uses
+    them instead of ``x``'s. Two passes thus normalise a query batch with a reference
+    batch's statistics (the task's support set, ``MetaConfig.query_norm="support"``): each
+    query's output then depends on that query alone, not on the batch it came in. A
+    network whose norms sit in a lifted transform must list the collection there
+    (``nn.scan(..., variable_axes={NORM_STATS: 0})``), and a layer called twice in one
+    apply reuses its first call's record.
+    """
+    if module.has_variable(NORM_STATS, "mean"):
+        return module.get_variable(NORM_STATS, "mean"), module.get_variable(NORM_STATS, "var")
+    mean, var = batch_moments(x)
+    if module.is_mutable_collection(NORM_STATS) and not module.is_initializing():
+        module.put_variable(NORM_STATS, "mean", mean)
+        module.put_variable(NORM_STATS, "var", var)
+    return mean, var
+
+
 class Norm(nn.Module):
     """Batch normalisation.
 
     ``track=True`` keeps running averages in the ``batch_stats`` collection (final
     training; ``train=False`` then uses them). ``track=False`` always normalises with the
     batch's own statistics, so ``apply`` is a pure function with no mutable state: what
-    supernets and meta-learning inner loops want (as in MAML and DARTS search).
+    supernets and meta-learning inner loops want (as in MAML and DARTS search); the
+    statistics may also come from other images (:func:`norm_moments`).
     """
 
     track: bool = False
@@ -48,7 +74,7 @@ class Norm(nn.Module):
         if self.track and not train:
             mean, var = ra_mean.value, ra_var.value
         else:
-            mean, var = batch_moments(x)
+            mean, var = norm_moments(self, x)
             if self.track and not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1 - m) * mean
