@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from metanas_jax import data
+from metanas_jax.data import archive, decode
 from metanas_jax.data import cache as data_cache
-from metanas_jax.data import sources
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -153,7 +153,7 @@ def test_folder_dir_and_tar_agree(tmp_path):
 def test_fast_tar_index_matches_tarfile(tmp_path):
     root = make_folder(tmp_path / "imgs", per_class=2)
     t = make_tar(root, tmp_path / "x.tar")
-    idx = sources._fast_tar_index(t)
+    idx = archive._fast_tar_index(t)
     with tarfile.open(t) as tf:
         ref = [(m.name, m.offset_data, m.size) for m in tf]
     assert [(n.rstrip("/"), o, s) for n, _, o, s in idx] == ref
@@ -165,7 +165,7 @@ def test_fast_tar_index_matches_tarfile(tmp_path):
         t2 = tmp_path / f"y{fmt}.tar"
         with tarfile.open(t2, "w", format=fmt) as tf:
             tf.add(root, arcname=".")
-        idx = sources._fast_tar_index(t2)
+        idx = archive._fast_tar_index(t2)
         with tarfile.open(t2) as tf:
             ref = [(m.name, m.offset_data, m.size) for m in tf]
         assert [(n.rstrip("/"), o, s) for n, _, o, s in idx] == ref
@@ -173,7 +173,7 @@ def test_fast_tar_index_matches_tarfile(tmp_path):
         assert "c" * 120 in ds.class_names and len(ds) == 7
     # compressed archives go through tarfile
     t3 = make_tar(root, tmp_path / "z.tar.gz", mode="w:gz")
-    assert sources._fast_tar_index(t3) is None
+    assert archive._fast_tar_index(t3) is None
     assert len(data.load(f"folder:{t3}", split="train", cache_dir=False)) == 7
 
 
@@ -286,7 +286,7 @@ def test_cache_hit_invalidation_and_atomicity(tmp_path, monkeypatch):
         raise AssertionError("decoded although cached")
 
     with monkeypatch.context() as m:
-        m.setattr(sources, "decode_images", boom)
+        m.setattr(decode, "_decode_one", boom)
         b = data.load(f"folder:{t}", split="train", cache_dir=cdir)
         np.testing.assert_array_equal(a.images, b.images)
         assert a.class_names == b.class_names
@@ -299,7 +299,7 @@ def test_cache_hit_invalidation_and_atomicity(tmp_path, monkeypatch):
     st = t.stat()
     os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with monkeypatch.context() as m:
-        m.setattr(sources, "decode_images", boom)
+        m.setattr(decode, "_decode_one", boom)
         with pytest.raises(AssertionError):
             data.load(f"folder:{t}", split="train", cache_dir=cdir)
     # a corrupt entry is ignored (with a warning) and rewritten
@@ -718,11 +718,11 @@ def test_folder_carve(tmp_path, monkeypatch):
     assert not dtr & dte and dtr | dte == set(data.image_digests(al.images))
     # deterministic: uncached, cached and resized loads agree on which images are test
     with monkeypatch.context() as m:
-        m.setattr(sources, "decode_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+        m.setattr(decode, "_decode_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
         np.testing.assert_array_equal(data.load(spec, split="test", cache_dir=cdir).images, te.images)
     np.testing.assert_array_equal(data.load(spec, split="test", cache_dir=False).images, te.images)
     small = data.load(spec, split="test", cache_dir=cdir, image_size=4)
-    np.testing.assert_array_equal(small.images, sources.resize_images(te.images, 4))
+    np.testing.assert_array_equal(small.images, data.resize_images(te.images, 4))
     other = data.load(f"folder:{flat}?seed=1&test_fraction=0.2", split="test", cache_dir=cdir)
     assert set(data.image_digests(other.images)) != dte
     tar = make_tar(flat, tmp_path / "flat.tar")
@@ -770,11 +770,10 @@ def shared_cache(tmp_path_factory):
 
 def _no_decoding(monkeypatch):
     """Make any image decoding fail: a load that passes read the cache (no timing needed)."""
-    from metanas_jax.data import sources
 
     def boom(*a, **k):
         raise AssertionError("decoded images although the cache holds them")
-    monkeypatch.setattr(sources, "_decode_one", boom)
+    monkeypatch.setattr(decode, "_decode_one", boom)
 
 
 def test_shared_omniglot_full(shared_cache, monkeypatch):

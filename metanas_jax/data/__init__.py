@@ -21,21 +21,14 @@ Example::
 
 from .augment import augment, denormalize, normalize, random_crop, random_flip, resize
 from .cache import default_cache_dir
+from .dataset import Dataset
+from .decode import decode_images, resize_images
 from .separation import check_separated, image_digests, parse_classes, select_classes
-from .sources import KNOWN_SPECS, TFDS_NAMES, Dataset, decode_images, load, resize_images
+from .sources import KNOWN_SPECS, TFDS_NAMES, load
 from .specs import same_dataset
-from .tasks import (
-    ClassPool,
-    TargetTask,
-    TaskBatch,
-    class_split,
-    omniglot_splits,
-    sample_episodes,
-    sample_nas_tasks,
-    subsample,
-    target_task,
-    task_batch_from_datasets,
-)
+from .splits import class_split, omniglot_splits
+from .targets import TargetTask, subsample, target_task, task_batch_from_datasets
+from .tasks import ClassPool, TaskBatch, sample_episodes, sample_nas_tasks
 
 __all__ = [
     "Dataset",

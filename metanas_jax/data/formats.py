@@ -242,7 +242,7 @@ def _npz_images(path: Path, key: str, n: int, label_key: str) -> np.ndarray:
     if a.ndim == 3:
         a = a[..., None]
     if a.ndim != 4 or a.shape[-1] not in (1, 3):
-        hint = (f"; it looks channels-first (N, C, H, W): store np.transpose(x, (0, 2, 3, 1))"
+        hint = ("; it looks channels-first (N, C, H, W): store np.transpose(x, (0, 2, 3, 1))"
                 if a.ndim == 4 and a.shape[1] in (1, 3) else "")
         raise ValueError(f"{where}: images must be (N, H, W) or (N, H, W, C) with C = 1 or 3, got shape "
                          f"{a.shape}{hint}")

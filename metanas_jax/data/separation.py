@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .sources import Dataset
+from .dataset import Dataset
 
 __all__ = ["parse_classes", "select_classes", "image_digests", "check_separated"]
 

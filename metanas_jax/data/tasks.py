@@ -16,10 +16,9 @@ NAS tasks (:func:`sample_nas_tasks`): per task, ``n_classes`` distinct classes, 
 may be rarer in one task than another); labels are the class's position in the task's
 class list.  ``support`` = the task's train split, ``query`` = its validation split.
 
-Class splits: :func:`omniglot_splits` (the Vinyals et al. protocol) and
-:func:`class_split` (generic fractions).  Target tasks: :func:`target_task` carves a
-stratified validation split from a training set; the test split is kept apart and never
-used for search.
+Pools are built by :meth:`ClassPool.from_dataset` or by the class splits of
+:mod:`metanas_jax.data.splits`; the one-task target batches are in
+:mod:`metanas_jax.data.targets`.
 """
 
 from __future__ import annotations
@@ -34,20 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .augment import normalize
-from .sources import Dataset, resize_images
+from .dataset import Dataset
+from .decode import resize_images
 
-__all__ = [
-    "TaskBatch",
-    "ClassPool",
-    "TargetTask",
-    "sample_episodes",
-    "sample_nas_tasks",
-    "omniglot_splits",
-    "class_split",
-    "target_task",
-    "subsample",
-    "task_batch_from_datasets",
-]
+__all__ = ["TaskBatch", "ClassPool", "sample_episodes", "sample_nas_tasks"]
 
 
 class TaskBatch(NamedTuple):
@@ -132,13 +121,18 @@ class ClassPool:
         Raises ValueError naming the class for an empty class, unequal counts (without
         ``per_class``) or a class with fewer than ``per_class`` examples.
         """
-        u8, names = _group_by_class(ds, per_class=per_class, classes=classes)
-        if image_size is not None:
-            c, p = u8.shape[:2]
-            u8 = resize_images(u8.reshape((c * p,) + u8.shape[2:]), image_size).reshape(
-                (c, p) + _resized_shape(u8.shape[2:], image_size)
-            )
-        return cls.from_uint8(u8, names)
+        u8, names = group_by_class(ds, per_class=per_class, classes=classes)
+        return cls.from_uint8(resize_grouped(u8, image_size), names)
+
+
+def resize_grouped(u8: np.ndarray, image_size) -> np.ndarray:
+    """Resize uint8 (num_classes, per_class, H, W, C) images once (``None``: unchanged)."""
+    if image_size is None:
+        return u8
+    c, p = u8.shape[:2]
+    return resize_images(u8.reshape((c * p,) + u8.shape[2:]), image_size).reshape(
+        (c, p) + _resized_shape(u8.shape[2:], image_size)
+    )
 
 
 def _resized_shape(hwc, image_size) -> tuple[int, int, int]:
@@ -148,7 +142,7 @@ def _resized_shape(hwc, image_size) -> tuple[int, int, int]:
     return (int(h), int(w), hwc[-1])
 
 
-def _group_by_class(ds: Dataset, per_class=None, classes=None) -> tuple[np.ndarray, tuple[str, ...]]:
+def group_by_class(ds: Dataset, per_class=None, classes=None) -> tuple[np.ndarray, tuple[str, ...]]:
     """uint8 (num_classes, per_class, H, W, C) and class names, with the count checks."""
     counts = ds.class_counts()
     cls_ids = np.arange(ds.num_classes) if classes is None else np.asarray(classes, np.int64)
@@ -329,212 +323,3 @@ def sample_nas_tasks(
             f"examples of {n_classes} classes in the pool"
         )
     return _nas_tasks(key, pool.images, n_classes, n_train, n_val, num_tasks)
-
-
-# --------------------------------------------------------------------------- class splits
-
-
-def omniglot_splits(
-    ds: Dataset,
-    image_size: int | None = 28,
-    n_train_chars: int = 1200,
-    rotations: bool = True,
-    seed: int | None = 0,
-    *,
-    n_val_chars: int = 100,
-    disjoint_val: bool = False,
-    test_rotations: bool = False,
-) -> tuple[ClassPool, ClassPool, ClassPool]:
-    """The standard Omniglot few-shot protocol (Vinyals et al. 2016).
-
-    ``ds`` is Omniglot with both parts merged (``load("omniglot:...", split="all")``,
-    1,623 characters x 20 images).  Characters are shuffled with ``seed`` (``None`` keeps
-    the archive order: background alphabets, then evaluation ones); the first
-    ``n_train_chars`` (1,200) are for meta-training, the remaining 423 for meta-testing.
-    Images are resized to ``image_size`` (28).  With ``rotations`` each training character
-    is augmented by 90/180/270-degree rotations into new classes (4,800 classes; names
-    ``"<char>/rot90"`` etc.).  ``test_rotations`` does the same for the test pool
-    (default off: 423 classes).
-
-    Validation pool: the last ``n_val_chars`` (100) meta-training characters, unrotated.
-    By default (``disjoint_val=False``) they stay in the training pool, so validation
-    tracks meta-training fit rather than generalisation and the training pool keeps the
-    full 4,800 classes; ``disjoint_val=True`` removes them from training instead.
-    ``n_val_chars=0`` gives an empty but valid pool (0 classes; sampling from it raises).
-
-    Returns ``(train_pool, val_pool, test_pool)``.
-    """
-    n_chars = ds.num_classes
-    if not 0 < n_train_chars < n_chars:
-        raise ValueError(
-            f"n_train_chars={n_train_chars} must be between 1 and the number of characters minus 1 "
-            f"({n_chars} in this dataset; load Omniglot with split='all' for the standard 1,623)"
-        )
-    if not 0 <= n_val_chars <= n_train_chars - (1 if disjoint_val else 0):
-        raise ValueError(f"n_val_chars={n_val_chars} must be between 0 and n_train_chars={n_train_chars}")
-    u8, names = _group_by_class(ds)
-    if image_size is not None:
-        c, p = u8.shape[:2]
-        u8 = resize_images(u8.reshape((c * p,) + u8.shape[2:]), image_size).reshape(
-            (c, p) + _resized_shape(u8.shape[2:], image_size)
-        )
-    if (rotations or test_rotations) and u8.shape[2] != u8.shape[3]:
-        raise ValueError(f"rotations need square images, got {u8.shape[2]}x{u8.shape[3]}")
-    order = np.arange(n_chars) if seed is None else np.random.default_rng(seed).permutation(n_chars)
-    train_ids, test_ids = order[:n_train_chars], order[n_train_chars:]
-    val_ids = train_ids[len(train_ids) - n_val_chars:] if n_val_chars else train_ids[:0]
-    if disjoint_val and n_val_chars:
-        train_ids = train_ids[: len(train_ids) - n_val_chars]
-
-    def build(ids, rotate: bool) -> ClassPool:
-        imgs = u8[ids]
-        nm = [names[i] for i in ids]
-        if rotate:
-            imgs = np.concatenate([np.rot90(imgs, k, axes=(2, 3)) for k in range(4)], axis=0)
-            nm = [f"{n}/rot{90 * k}" for k in range(4) for n in nm]
-        return ClassPool.from_uint8(np.ascontiguousarray(imgs), nm)
-
-    return build(train_ids, rotations), build(val_ids, False), build(test_ids, test_rotations)
-
-
-def _split_counts(fractions: Sequence[float], n: int) -> tuple[int, int, int]:
-    fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    n_tr = int(round(fr[0] * n))
-    n_va = int(round(fr[1] * n))
-    n_va = min(n_va, n - n_tr)
-    n_te = n - n_tr - n_va
-    for name, f, k in zip(("train", "val", "test"), fr, (n_tr, n_va, n_te)):
-        if f > 0 and k == 0:
-            raise ValueError(f"fractions={tuple(fractions)} give no {name} classes out of {n} classes")
-    return n_tr, n_va, n_te
-
-
-def class_split(
-    ds: Dataset,
-    fractions: Sequence[float] = (0.64, 0.16, 0.20),
-    seed: int = 0,
-    image_size: int | tuple[int, int] | None = None,
-    per_class: int | str | None = "min",
-) -> tuple[ClassPool, ClassPool, ClassPool]:
-    """Split ``ds``'s classes at random (``seed``) into train / val / test pools with the
-    given fractions of classes (rounded; a non-zero fraction that rounds to no class is an
-    error; a zero fraction gives an empty pool).
-
-    ``per_class="min"`` (default) truncates every class to the smallest class's count so
-    the pools have fixed shapes (e.g. scikit-learn digits: 174 per class); ``None`` demands
-    equal counts, an int truncates to that many (see :meth:`ClassPool.from_dataset`).
-    """
-    n_tr, n_va, _ = _split_counts(fractions, ds.num_classes)
-    u8, names = _group_by_class(ds, per_class=per_class)
-    if image_size is not None:
-        c, p = u8.shape[:2]
-        u8 = resize_images(u8.reshape((c * p,) + u8.shape[2:]), image_size).reshape(
-            (c, p) + _resized_shape(u8.shape[2:], image_size)
-        )
-    order = np.random.default_rng(seed).permutation(ds.num_classes)
-    parts = (order[:n_tr], order[n_tr : n_tr + n_va], order[n_tr + n_va :])
-    return tuple(ClassPool.from_uint8(u8[ids], [names[i] for i in ids]) for ids in parts)  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- target tasks
-
-
-class TargetTask(NamedTuple):
-    """The full target task of a NAS run: ``val`` is carved from the training data; the
-    ``test`` split is for the final evaluation only, never for search."""
-
-    train: Dataset
-    val: Dataset
-    test: Dataset
-
-    def as_task_batch(self, image_size=None) -> TaskBatch:
-        """A one-task :class:`TaskBatch` (T=1): support = train, query = val."""
-        return task_batch_from_datasets(self.train, self.val, image_size=image_size)
-
-
-def subsample(ds: Dataset, n: int, seed: int = 0) -> Dataset:
-    """``n`` examples of ``ds`` drawn without replacement, stratified by class
-    (largest-remainder allocation), in dataset order."""
-    n = int(n)
-    if n <= 0 or n > len(ds):
-        raise ValueError(f"cannot subsample n={n} examples from a dataset of {len(ds)}")
-    rng = np.random.default_rng(seed)
-    counts = ds.class_counts()
-    quota = n * counts / counts.sum()
-    take = np.floor(quota).astype(np.int64)
-    rest = n - int(take.sum())
-    if rest:
-        frac = quota - take + rng.random(len(counts)) * 1e-9
-        take[np.argsort(-frac)[:rest]] += 1
-    keep = []
-    for c in range(ds.num_classes):
-        idx = np.flatnonzero(ds.labels == c)
-        keep.append(rng.choice(idx, size=int(take[c]), replace=False))
-    return ds.subset(np.sort(np.concatenate(keep)))
-
-
-def target_task(
-    ds_train: Dataset,
-    ds_test: Dataset,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    *,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    n_test: int | None = None,
-) -> TargetTask:
-    """Train / validation / test for the final target task (e.g. CIFAR-10).
-
-    The validation split is ``val_fraction`` of each class of ``ds_train`` (stratified,
-    at least one example per class, shuffled with ``seed``); the rest is the training
-    split.  ``ds_test`` is passed through and never used for search.  ``n_train``,
-    ``n_val``, ``n_test`` optionally subsample each split (stratified) afterwards.
-    """
-    if ds_train.class_names != ds_test.class_names:
-        raise ValueError(
-            f"train and test datasets have different classes: {ds_train.num_classes} vs {ds_test.num_classes} "
-            f"(first train classes {ds_train.class_names[:3]}, test {ds_test.class_names[:3]})"
-        )
-    if ds_train.image_shape != ds_test.image_shape:
-        raise ValueError(f"train images are {ds_train.image_shape} but test images are {ds_test.image_shape}")
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    counts = ds_train.class_counts()
-    val_idx, train_idx = [], []
-    for c in range(ds_train.num_classes):
-        idx = rng.permutation(np.flatnonzero(ds_train.labels == c))
-        k = max(1, int(round(val_fraction * counts[c])))
-        if counts[c] - k < 1:
-            raise ValueError(
-                f"class {ds_train.class_names[c]!r} has {counts[c]} training examples: too few to carve "
-                f"a validation split with val_fraction={val_fraction}"
-            )
-        val_idx.append(idx[:k])
-        train_idx.append(idx[k:])
-    train = ds_train.subset(np.sort(np.concatenate(train_idx)))
-    val = ds_train.subset(np.sort(np.concatenate(val_idx)))
-    test = ds_test
-    if n_train is not None:
-        train = subsample(train, n_train, seed)
-    if n_val is not None:
-        val = subsample(val, n_val, seed + 1)
-    if n_test is not None:
-        test = subsample(test, n_test, seed + 2)
-    return TargetTask(train, val, test)
-
-
-def task_batch_from_datasets(support: Dataset, query: Dataset, image_size=None) -> TaskBatch:
-    """A one-task :class:`TaskBatch` (T=1) from two datasets (e.g. a target task's train
-    and val splits), normalised, with the datasets' labels."""
-    sx, qx = support.images, query.images
-    if image_size is not None:
-        sx, qx = resize_images(sx, image_size), resize_images(qx, image_size)
-    return TaskBatch(
-        normalize(jnp.asarray(sx))[None],
-        jnp.asarray(support.labels, jnp.int32)[None],
-        normalize(jnp.asarray(qx))[None],
-        jnp.asarray(query.labels, jnp.int32)[None],
-    )
