@@ -1,10 +1,24 @@
-"""metanas-jax: meta-learning-based neural architecture search in JAX."""
+"""metanas-jax: meta-learning-based neural architecture search in JAX.
+
+``import metanas_jax as mn`` gives the subpackages (imported on first use, so importing the
+package does not import JAX): ``mn.spaces`` (search spaces, encodings), ``mn.nn``
+(networks from encodings, supernets), ``mn.data`` (datasets, tasks), ``mn.meta`` (MAML /
+Reptile, adapt + predict, save / load a meta-trained learner), ``mn.search`` (ask/tell
+searchers, the meta-learned evaluator), ``mn.train`` (final training), ``mn.export``
+(``load_model``), ``mn.parallel`` (meshes, several hosts), ``mn.pipeline`` (the main job).
+"""
+import importlib
 
 __version__ = "0.1.0"
 
+SUBPACKAGES = ("spaces", "nn", "data", "meta", "search", "train", "export", "parallel",
+               "pipeline", "config", "checkpoint", "report")
+__all__ = [*SUBPACKAGES, "load_model"]
+
 
 def __getattr__(name):
-    # lazy: ``metanas_jax.load_model`` without importing jax at package import
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"metanas_jax.{name}")
     if name == "load_model":
         from metanas_jax.export import load_model
         return load_model

@@ -8,6 +8,7 @@ gradient and optimiser are no-ops instead of special cases.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +30,7 @@ class Learner:
     cpu_strategy: str = "vmap"  # what strategy "auto" runs tasks with on CPU (tasks_map)
     arch_init_scale: float = 1e-3
     arch_init_center: float = 0.0  # DARTS alphas start at 0; macro32 genes live in [0, 1]
+    recipe: dict | None = None      # the factory's JSON-able arguments (meta.save_learner)
 
     @property
     def searches(self) -> bool:
@@ -109,12 +111,16 @@ def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool"
                    conv_impl=conv_impl)
     # matmul convolutions vmap well; per-task lax.conv weights are slow grouped convs on CPU
     return Learner(module, None,
-                   cpu_strategy="vmap" if resolve_impl(conv_impl) == "matmul" else "unroll")
+                   cpu_strategy="vmap" if resolve_impl(conv_impl) == "matmul" else "unroll",
+                   recipe={"kind": "conv4", "num_classes": int(num_classes), "channels": int(channels),
+                           "downsample": downsample, "conv_impl": conv_impl, "blocks": int(blocks)})
 
 
 def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
-                     arch_init_center: float = 0.0, **kw) -> Learner:
-    """A searchable learner: ``nn.supernet(space, num_classes, **kw)`` plus its space.
+                     arch_init_center: float | None = None, **kw) -> Learner:
+    """A searchable learner: ``nn.supernet(space, num_classes, **kw)`` plus its space. The
+    meta-architecture starts near ``arch_init_center`` (default: the space's
+    ``encoding_center``, the middle of its encoding, where no choice is preferred).
 
     Tasks run on CPU as the module's ``CPU_TASK_STRATEGY`` says, else unrolled: the
     macro32 and NAS-Bench-201 supernets have ``lax.conv`` convolutions (slow under ``vmap``
@@ -126,8 +132,13 @@ def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
     if not hasattr(mnn, "supernet"):
         raise ValueError("metanas_jax.nn.supernet is not available in this installation")
     module = mnn.supernet(space, num_classes, **kw)
+    center = space.encoding_center if arch_init_center is None else float(arch_init_center)
+    recipe = {"kind": "supernet", "space": {"name": space.name, "config": space.config()},
+              "num_classes": int(num_classes), "arch_init_scale": float(arch_init_scale),
+              "arch_init_center": center, "kw": kw}
     return Learner(module, space, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"),
-                   arch_init_scale=arch_init_scale, arch_init_center=arch_init_center)
+                   arch_init_scale=arch_init_scale, arch_init_center=center,
+                   recipe=recipe if _jsonable(kw) else None)
 
 
 def derived_learner(learner: Learner, arch, **build_kw) -> Learner:
@@ -147,7 +158,40 @@ def derived_learner(learner: Learner, arch, **build_kw) -> Learner:
     sizes = {k: getattr(sup, k) for k in fields - fixed if hasattr(sup, k)}
     module = mnn.build(learner.space, arch, sup.num_classes, track=False, **{**sizes, **build_kw})
     # as supernet_learner: the module's CPU strategy, else unrolled (lax.conv is slow under vmap)
-    return Learner(module, None, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"))
+    recipe = None
+    if learner.recipe is not None and _jsonable(build_kw):
+        recipe = {"kind": "derived", "supernet": learner.recipe,
+                  "arch": json.loads(arch.to_json()), "build_kw": build_kw}
+    return Learner(module, None, cpu_strategy=getattr(module, "CPU_TASK_STRATEGY", "unroll"),
+                   recipe=recipe)
+
+
+def learner_from_recipe(recipe: dict) -> Learner:
+    """The learner a factory built from ``recipe`` (``Learner.recipe``), e.g. read back from
+    a saved learner's ``learner.json``."""
+    from metanas_jax import spaces
+    from metanas_jax.spaces import Arch
+
+    kind = recipe.get("kind")
+    args = {k: v for k, v in recipe.items() if k != "kind"}
+    if kind == "conv4":
+        return conv4_learner(**args)
+    if kind == "supernet":
+        space = spaces.get(args["space"]["name"], **args["space"]["config"])
+        return supernet_learner(space, args["num_classes"], args["arch_init_scale"],
+                                args["arch_init_center"], **args["kw"])
+    if kind == "derived":
+        sup = learner_from_recipe(args["supernet"])
+        return derived_learner(sup, Arch.from_json(json.dumps(args["arch"])), **args["build_kw"])
+    raise ValueError(f"unknown learner recipe kind {kind!r}; known: conv4, supernet, derived")
+
+
+def _jsonable(obj) -> bool:
+    try:
+        json.dumps(obj)
+        return True
+    except TypeError:
+        return False
 
 
 def inherited_params(derived: Learner, supernet_params, sample_x):

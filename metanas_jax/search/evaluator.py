@@ -53,7 +53,7 @@ class EvaluatorConfig:
     hidden: tuple[int, ...] = (128, 128)
     context_dim: int = 16
     temperature: float = 0.25     # relax(z, T) of the input features; > 0 so grads reach z
-    task_input: str = "table"     # "images" | "table" | "none"
+    task_input: str = "images"    # "images" (image tasks) | "table" (benchmark tables) | "none"
     num_tables: int = 1           # "table": number of meta-training tables
     max_classes: int = 10         # "images": labels are in [0, max_classes)
     image_features: int = 32      # "images": per-image feature width

@@ -52,6 +52,11 @@ class MetaSearcher:
             raise ValueError(f"need 1 <= batch_size <= capacity, got {self.batch_size}, {self.capacity}")
         if self.fit_steps < 0:
             raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
+        need = {"context", "predictor", "log_lr", "prior"}
+        if not self.fit_steps and isinstance(self.params, dict) and not need <= set(self.params):
+            raise ValueError(f"MetaSearcher: params must be the evaluator's meta-parameters "
+                             f"(Evaluator.init or Evaluator.meta_train: keys {sorted(need)}), "
+                             f"got keys {sorted(self.params)}")
 
     @property
     def space(self) -> SearchSpace:

@@ -72,6 +72,9 @@ class SearchSpace:
     """Base class. Subclasses are frozen dataclasses and define the abstract methods."""
 
     name: str = "base"
+    # the middle of the encoding, where no choice is preferred: a relaxed architecture
+    # (a meta-architecture, a DARTS alpha) starts there (0 for softmax logits)
+    encoding_center = 0.0
 
     # -- description -------------------------------------------------------------------
     @property
@@ -162,15 +165,7 @@ class SearchSpace:
         return [self.decode(z) for z in np.asarray(zs)]
 
 
-def one_hot_rows(index: jax.Array, choices: int) -> jax.Array:
-    return jax.nn.one_hot(index, choices, dtype=jnp.float32)
-
-
 def random_other_choice(key: jax.Array, current: jax.Array, choices: jax.Array) -> jax.Array:
     """Uniform over ``range(choices)`` minus ``current`` (``choices >= 2``), jit-able."""
     offset = jax.random.randint(key, (), 1, jnp.maximum(choices, 2))
     return (current + offset) % choices
-
-
-def as_labels(names: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(str(n) for n in names)

@@ -60,6 +60,7 @@ class Macro32(CategoricalSpace):
     stem_width: int = 16
     stem_kernel: int = 3
     name: str = dataclasses.field(default="macro32", init=False)
+    encoding_center = 0.5  # genes live in [0, 1]: 0.5 prefers no choice (not a field)
 
     def __post_init__(self):
         object.__setattr__(self, "ops", tuple(self.ops))
