@@ -8,13 +8,14 @@ builder, no search or meta-learning code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
+
+from metanas_jax.files import read_described, write_atomic
 
 FORMAT = "metanas-model-v1"
 
@@ -28,10 +29,8 @@ def save_model(directory, arch, variables, *, num_classes: int, image_shape, cla
             "image_shape": [int(s) for s in image_shape], "class_names": list(class_names),
             "normalize": {"mean": list(mean), "std": list(std)}, **(extra or {})}
     blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
-    for name, payload in (("variables.msgpack", blob), ("model.json", json.dumps(meta, indent=1).encode())):
-        tmp = d / f".{name}.tmp{os.getpid()}"
-        tmp.write_bytes(payload)
-        tmp.replace(d / name)
+    write_atomic(d / "variables.msgpack", blob)
+    write_atomic(d / "model.json", json.dumps(meta, indent=1).encode())
     return d
 
 
@@ -44,17 +43,9 @@ def load_model(directory):
     from metanas_jax.data import normalize
     from metanas_jax.spaces import Arch
 
-    d = Path(directory)
-    meta_path, var_path = d / "model.json", d / "variables.msgpack"
-    for p in (meta_path, var_path):
-        if not p.is_file():
-            raise ValueError(f"not an exported model: {str(p)!r} is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not JSON ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta, var_path = read_described(directory, "model.json", "variables.msgpack", FORMAT,
+                                    "an exported model")
+    meta_path = Path(directory) / "model.json"
     arch = Arch.from_json(json.dumps(meta["arch"]))
     model = mnn.build(arch.space, arch, meta["num_classes"])
     try:

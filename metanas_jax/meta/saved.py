@@ -11,8 +11,8 @@ are written atomically (temporary file + rename).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metanas_jax.files import read_described, write_atomic
 from metanas_jax.meta.config import MetaConfig
 from metanas_jax.meta.learner import Learner, learner_from_recipe
 from metanas_jax.meta.state import MetaState, init_state
@@ -39,13 +40,10 @@ def save_learner(directory, learner: Learner, cfg: MetaConfig, state: MetaState,
     leaves = [np.asarray(x) for x in jax.tree.leaves(_plain(state))]
     meta = {"format": FORMAT, "learner": learner.recipe, "meta_config": dataclasses.asdict(cfg),
             "input_shape": [int(s) for s in input_shape], "leaves": len(leaves), **(extra or {})}
-    tmp = d / f".state.npz.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, *leaves)
-    tmp.replace(d / "state.npz")
-    tmp = d / f".learner.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(d / "learner.json")
+    buf = io.BytesIO()
+    np.savez(buf, *leaves)
+    write_atomic(d / "state.npz", buf.getvalue())
+    write_atomic(d / "learner.json", json.dumps(meta, indent=1).encode())
     return d
 
 
@@ -53,17 +51,8 @@ def load_learner(directory) -> tuple[Learner, MetaConfig, MetaState]:
     """``(learner, cfg, state)`` saved by :func:`save_learner`: meta-training continues from
     ``state``, or ``meta.adapt_and_predict(learner, cfg, state, ...)`` uses it. A missing,
     foreign or mismatched file is a ``ValueError`` naming it."""
-    d = Path(directory)
-    meta_path, state_path = d / "learner.json", d / "state.npz"
-    for p in (meta_path, state_path):
-        if not p.is_file():
-            raise ValueError(f"not a saved learner: {str(p)!r} is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not JSON ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta, state_path = read_described(directory, "learner.json", "state.npz", FORMAT, "a saved learner")
+    meta_path = Path(directory) / "learner.json"
     learner = learner_from_recipe(meta["learner"])
     cfg = MetaConfig.from_dict(_tuples(meta["meta_config"]))
     x = jnp.zeros((1, *meta["input_shape"]), jnp.float32)
