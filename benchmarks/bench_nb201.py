@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -61,6 +62,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
     if args.quick:
         args.seeds, args.budget, args.meta_steps, args.es_iterations = 4, 50, 100, 2
     if args.budget % args.batch:

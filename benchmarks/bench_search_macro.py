@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -76,6 +77,7 @@ def main(argv=None):
                     help="record every experience architecture's parameter count (slow: host side)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
     if args.quick:
         args.tasks, args.archs, args.train_steps, args.meta_steps = 8, 8, 10, 100
         args.es_iterations, args.budget, args.batch = 1, 40, 10

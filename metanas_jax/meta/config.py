@@ -38,9 +38,9 @@ class MetaConfig:
     gradient wrt a rate flows through the inner loop; first-order MAML's is exact in the
     rates, ``-<query gradient, sum of support gradients>``; Reptile's update has none).
     ``scan_unroll`` is ``lax.scan``'s unroll of the inner loop; ``"auto"`` unrolls every
-    step of a fixed network (conv4 second-order MAML mb16 on a 2-core CPU: 2.49-2.54 vs
-    2.98-3.09 s per meta-step, 1.5 s more compile; ``benchmarks/bench_meta.py
-    --scan-unroll``) and none of a supernet, whose copies cost minutes of compile each.
+    step of a fixed network (faster steps on CPU for a little more compile:
+    ``benchmarks/bench_meta.py --scan-unroll``) and none of a supernet, whose copies cost
+    minutes of compile each.
     ``query_norm`` is the batch-norm statistics the (adapted) network scores query images
     with, in meta-training's query loss and at meta-test: ``"batch"`` (default) those of
     the query batch itself, MAML's transductive convention and the published protocol,
@@ -48,9 +48,8 @@ class MetaConfig:
     ``"support"`` those of the task's support set at the adapted weights, so each query's
     prediction depends on the support set and on that query alone (``Learner.apply(...,
     norm_x=support_x)``). The support set is always normalised with its own statistics.
-    A conv4 meta-trained (batch) for 6 minutes on Omniglot 5-way 1-shot scores 87.4% with
-    each task's 75 queries together, 67.2% one query at a time, 85.3% under ``"support"``
-    (``benchmarks/query_norm.py``); ``meta.adapt_and_predict`` scores new images either way.
+    How much the mode changes accuracy: ``benchmarks/query_norm.py``;
+    ``meta.adapt_and_predict`` scores new images either way.
     """
 
     algorithm: str = "maml"

@@ -125,8 +125,8 @@ def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
     Tasks run on CPU as the module's ``CPU_TASK_STRATEGY`` says, else unrolled: the
     macro32 and NAS-Bench-201 supernets have ``lax.conv`` convolutions (slow under ``vmap``
     on CPU). The DARTS supernet says ``map``: its convolutions are ``fastconv`` ones, but
-    vmapping it measured no faster than ``lax.map`` (FOMAML mb2: 14.0 vs 12.9 s/step) and
-    compiled slower (180 vs 145 s), and unrolling compiles one supernet copy per task."""
+    vmapping it was no faster than ``lax.map`` and compiled slower (``benchmarks/README.md``,
+    "Where the time goes"), and unrolling compiles one supernet copy per task."""
     from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
 
     if not hasattr(mnn, "supernet"):

@@ -66,11 +66,11 @@ class MixedEdge(nn.Module):
     ``src`` is the scan carry itself (``from_carry``) or a constant stack of the cell
     inputs; the index ``i`` and weights ``w`` are scanned, the op modules' parameters are
     stacked on the edge axis. XLA compiles the mixed op once per scan instead of once per
-    edge: compile time of a cell's gradient drops by ~8x on CPU
+    edge, so a cell's gradient compiles many times faster
     (``benchmarks/bench_darts_compile.py``). The step is rematerialised (``nn.remat``):
     the backward pass recomputes an edge's ops from its input instead of the scan stacking
-    every intermediate of every primitive (on CPU: 33% fewer ops, 25% faster gradient, and
-    faster compilation)."""
+    every intermediate of every primitive (fewer ops, a faster gradient and compilation on
+    CPU)."""
 
     primitives: tuple[str, ...]
     channels: int
@@ -189,8 +189,7 @@ class DartsNet(_DartsBody):
 
     # every convolution is a fastconv one (matmuls / shifted multiply-adds on CPU); tasks
     # run one after another (lax.map) when meta-learning its weights (meta.derived_learner):
-    # FOMAML meta-batch 8 on an 8-channel Omniglot cell, 0.37-0.40 s per step vs 0.50-0.54 s
-    # vmapped in three paired runs, and it compiles faster (benchmarks/README.md, Omniglot section)
+    # faster than vmapped and quicker to compile on CPU (benchmarks/README.md, Omniglot section)
     CPU_TASK_STRATEGY = "map"
     arch: Arch | None = None
 

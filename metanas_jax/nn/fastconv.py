@@ -9,9 +9,9 @@ matrix: vmap turns it into a batched matmul and its gradients (weight gradient
 too, at any order of differentiation (second-order MAML differentiates through it).
 
 ``impl="auto"`` picks ``"xla"`` on GPU/TPU (fast grouped convolutions there) and
-``"matmul"`` on CPU, also for one network's final training: there its step runs about 2x
-faster than with ``lax.conv``, whose weight gradient is XLA:CPU's slowest part
-(``benchmarks/bench_train.py``). All implementations compute the same function (tested).
+``"matmul"`` on CPU, also for one network's final training: there its step is faster
+than with ``lax.conv``, whose weight gradient is XLA:CPU's slowest part (figures:
+``benchmarks/bench_train.py``). All implementations compute the same function (tested).
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _depthwise_bwd(stride, padding, dilation, res, g):
 def _depthwise_shift_add(x, w, stride, padding, dilation):
     """Depthwise convolution as ``kh * kw`` shifted multiply-adds: no patch tensor, and its
     gradients are shifts and multiply-adds too (written out in ``_depthwise_bwd``, itself
-    differentiable, so second-order MAML works). On CPU 5x faster (forward + gradient)
+    differentiable, so second-order MAML works). On CPU much faster (forward + gradient)
     than ``lax.conv``'s feature-grouped convolution (benchmarks/README.md, DARTS section)."""
     return _depthwise_fwd(x, w, stride, padding, dilation)[0]
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import chex
@@ -40,6 +41,8 @@ import numpy as np
 import optax
 
 from metanas_jax.spaces.base import SearchSpace
+
+log = logging.getLogger("metanas_jax")
 
 TASK_INPUTS = ("images", "table", "none")
 INNER_CLIP = 10.0  # global-norm clip of inner-loop gradients
@@ -367,7 +370,7 @@ class Evaluator:
             losses.append(np.asarray(l))
             done += chunk
             if log_every and (done % log_every < chunk or done == steps):
-                print(f"meta-train step {done}: loss {float(np.mean(losses[-1])):.5f}", flush=True)
+                log.info("evaluator meta-train step %d: loss %.5f", done, float(np.mean(losses[-1])))
         return params, np.concatenate(losses)
 
 

@@ -20,6 +20,7 @@ projection and the best-of selection, so it has no useful gradient).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable
 
 import flax.struct
@@ -30,6 +31,8 @@ import optax
 
 from metanas_jax.search.searcher import History, propose_unique
 from metanas_jax.spaces.base import SearchSpace
+
+log = logging.getLogger("metanas_jax")
 
 
 @flax.struct.dataclass
@@ -194,6 +197,6 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
         theta = optax.apply_updates(theta, upd)
         trace.append(float(fit.mean()))
         if log_every and (it + 1) % log_every == 0:
-            print(f"strategy ES iteration {it + 1}: mean outcome {trace[-1]:.4f}, "
-                  f"{StrategyParams.from_vector(theta).describe()}", flush=True)
+            log.info("strategy ES iteration %d: mean outcome %.4f, %s", it + 1, trace[-1],
+                     StrategyParams.from_vector(theta).describe())
     return searcher.replace(strategy=StrategyParams.from_vector(theta)), np.asarray(trace)
