@@ -24,7 +24,7 @@ import optax
 from metanas_jax import nn as mnn
 from metanas_jax import spaces
 from metanas_jax.search import TrainConfig, make_evaluate_fn
-from metanas_jax.search.experience import _compilations, _train_eval_fn
+from metanas_jax.search.experience import _train_eval_fn
 
 
 def step_timing(space, hard, steps, x, y):

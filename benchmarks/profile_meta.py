@@ -91,7 +91,7 @@ def main(argv=None):
     print("\n| op kind | seconds | share |\n|---|---|---|")
     for k, v in per_kind.most_common(10):
         print(f"| {k} | {v:.3f} | {100 * v / total:.1f}% |")
-    print(f"\n| largest ops | seconds | shape and source |\n|---|---|---|")
+    print("\n| largest ops | seconds | shape and source |\n|---|---|---|")
     for k, v in per_op.most_common(args.top):
         m = re.search(r"%" + re.escape(k) + r" = (\S+) [^\n]*?op_name=\"([^\"]*)\"", hlo)
         what = f"`{m.group(1)}` {m.group(2)}" if m else ""

@@ -541,7 +541,6 @@ def test_idx_round_trip_and_folder_detection(tmp_path):
 
 
 def test_idx_errors_name_the_file(tmp_path):
-    import gzip
 
     def fresh(name):
         return make_idx(tmp_path / name)[0]
