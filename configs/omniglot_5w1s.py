@@ -68,7 +68,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # probes: 0.21 vs 0.51 s), which pays for the 32 channels (0.35 s; 93.40% after
         # 6,500 steps). Stage 2's
         # meta-lr 3e-3 won 4-minute probes of the derived cell (benchmarks/derived_probe.py;
-        # table in benchmarks/README.md): 84.8% vs 79.2% at 1e-3, 83.2% at 1e-2. It follows
+        # table in benchmarks/LOG.md): 84.8% vs 79.2% at 1e-3, 83.2% at 1e-2. It follows
         # a cosine to zero over the stage's steps (MAML++'s cosine annealing of the meta-
         # optimiser); the time budget only caps the stage.
         # Stage 2 trains on 3 query images per class (15 per task, not MAML's 1): in

@@ -8,7 +8,7 @@ test images at run time.
     metanas run --config configs/tinyimagenet_to_cifar10.py          # CPU scale (default)
     metanas run --config configs/tinyimagenet_to_cifar10.py:full     # GPU/TPU scale
 
-``cpu`` (what a 2-core CPU affords, see benchmarks/README.md): 16x16 images, 8 layers
+``cpu`` (what a 2-core CPU affords, see benchmarks/LOG.md): 16x16 images, 8 layers
 (the full 32-number encoding) of widths 8/16, 24 tasks x 8 architectures of experience,
 each candidate 5 full-batch Adam steps on 64 images and scored on 256 (source) or 1,000
 (target) validation images, 50 evaluations per method, 4 epochs of final training.

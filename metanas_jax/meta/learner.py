@@ -125,7 +125,7 @@ def supernet_learner(space, num_classes: int, arch_init_scale: float = 1e-3,
     Tasks run on CPU as the module's ``CPU_TASK_STRATEGY`` says, else unrolled: the
     macro32 and NAS-Bench-201 supernets have ``lax.conv`` convolutions (slow under ``vmap``
     on CPU). The DARTS supernet says ``map``: its convolutions are ``fastconv`` ones, but
-    vmapping it was no faster than ``lax.map`` and compiled slower (``benchmarks/README.md``,
+    vmapping it was no faster than ``lax.map`` and compiled slower (``benchmarks/LOG.md``,
     "Where the time goes"), and unrolling compiles one supernet copy per task."""
     from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
 

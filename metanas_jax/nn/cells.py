@@ -189,7 +189,7 @@ class DartsNet(_DartsBody):
 
     # every convolution is a fastconv one (matmuls / shifted multiply-adds on CPU); tasks
     # run one after another (lax.map) when meta-learning its weights (meta.derived_learner):
-    # faster than vmapped and quicker to compile on CPU (benchmarks/README.md, Omniglot section)
+    # faster than vmapped and quicker to compile on CPU (benchmarks/LOG.md, Omniglot section)
     CPU_TASK_STRATEGY = "map"
     arch: Arch | None = None
 

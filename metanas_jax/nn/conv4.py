@@ -41,7 +41,7 @@ def _max_pool_2x2_jvp(primals, tangents):
     """``jnp.max``'s own rule (tied maxima share the tangent equally), with the ties counted
     in int32: XLA:CPU then fuses the count with the comparison, where ``jnp.max``'s float
     count wrote a float indicator as large as the input first (the largest elementwise op of
-    the conv4 MAML step, benchmarks/README.md)."""
+    the conv4 MAML step, benchmarks/LOG.md)."""
     (x,), (t,) = primals, tangents
     y = max_pool_2x2(x)
     if y.shape == x.shape:  # too small to pool: the identity

@@ -90,7 +90,7 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     n, ho, wo, k = p.shape
     # a 2-D matmul, not an einsum over (n, h, w): then the weight gradient ``p^T g`` is a
     # 2-D dot too, and XLA:CPU no longer transposes the whole output gradient for it
-    # (that copy was the largest single op of the conv4 MAML step, see benchmarks/README.md)
+    # (that copy was the largest single op of the conv4 MAML step, see benchmarks/LOG.md)
     # accumulate in at least float32: XLA:CPU runs a bf16 x bf16 -> bf16 dot several times
     # slower than the same dot with a float32 result (float64 stays float64)
     y = jnp.dot(p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype),
@@ -149,7 +149,7 @@ def _depthwise_shift_add(x, w, stride, padding, dilation):
     """Depthwise convolution as ``kh * kw`` shifted multiply-adds: no patch tensor, and its
     gradients are shifts and multiply-adds too (written out in ``_depthwise_bwd``, itself
     differentiable, so second-order MAML works). On CPU much faster (forward + gradient)
-    than ``lax.conv``'s feature-grouped convolution (benchmarks/README.md, DARTS section)."""
+    than ``lax.conv``'s feature-grouped convolution (benchmarks/LOG.md, DARTS section)."""
     return _depthwise_fwd(x, w, stride, padding, dilation)[0]
 
 
