@@ -6,6 +6,8 @@
     # choose evaluation settings on the validation pool, not the test classes:
     python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run --set eval.split=val \
         --set eval.inner_steps=5
+    # meta-batch split over 8 devices (and hosts: --coordinator H:P --num-processes N --process-id I)
+    python benchmarks/omniglot_fewshot.py --config ... --mesh auto
 
 A config with a ``derive`` section (``omniglot_5w1s.py:darts_derived``) has two stages: the
 supernet's search (weights + architecture), then the derived cell's weights alone
@@ -34,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from metanas_jax import data, meta, spaces  # noqa: E402
+from metanas_jax import data, meta, parallel, spaces  # noqa: E402
 from metanas_jax.checkpoint import StageCheckpoints  # noqa: E402
 
 
@@ -84,8 +86,32 @@ def build_learner(c, n_way):
     raise ValueError(f"unknown model {c.name!r}; known: conv4, darts")
 
 
+def sharded_step(learner, mcfg, mesh):
+    """``parallel.make_sharded_meta_step`` (tasks split over ``mesh``) as a ``meta_step``
+    for ``meta.meta_train``: episodes placed task-sharded, the state replicated; with
+    several processes every step's inputs and outputs pass through host copies (each
+    process samples the same episodes)."""
+    step = parallel.make_sharded_meta_step(learner, mcfg, mesh)
+    if jax.process_count() == 1:
+        def run(state, batch):
+            return step(jax.device_put(state, parallel.replicated(mesh)),
+                        jax.device_put(batch, parallel.sharded(mesh)))
+        run.lower = lambda state, batch: step.lower(
+            jax.device_put(state, parallel.replicated(mesh)), jax.device_put(batch, parallel.sharded(mesh)))
+        return run
+
+    def run_multi(state, batch):
+        s, m = step(parallel.put_replicated(parallel.to_local(state), mesh),
+                    parallel.put_sharded(parallel.to_local(batch), mesh))
+        return jax.tree.map(jnp.asarray, parallel.to_local((s, m)))
+    run_multi.lower = lambda state, batch: step.lower(
+        parallel.put_replicated(parallel.to_local(state), mesh),
+        parallel.put_sharded(parallel.to_local(batch), mesh))
+    return run_multi
+
+
 def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, key,
-                ignore=("eval",)):
+                ignore=("eval",), mesh=None):
     """Meta-train ``state`` on ``meta_batch`` episodes of ``pool`` per step, for
     ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a workdir the result is
     checkpointed under ``workdir/name`` and a rerun restores it instead of training, if the
@@ -112,7 +138,7 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
         compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
         print(f"{name}: restored from {workdir} (skipping training)", flush=True)
     else:
-        step = meta.make_meta_step(learner, mcfg)
+        step = meta.make_meta_step(learner, mcfg) if mesh is None else sharded_step(learner, mcfg, mesh)
         t1 = time.time()
         jax.block_until_ready(step.lower(state, sample(key)).compile())
         compile_s = time.time() - t1
@@ -123,6 +149,8 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
                                          time_budget_s=t.time_budget_s, log_every=c.train.log_every,
                                          log=lambda s: print(s, flush=True))
         train_s = time.time() - t2
+        if mesh is not None:  # the meta-test and checkpoint work on a host copy
+            state = jax.tree.map(jnp.asarray, parallel.to_local(state))
         print(f"{name}: trained {int(state.step)} meta-steps in {train_s:.0f}s", flush=True)
         if ck:  # the meta-test can take as long as training on CPU: keep what it tests
             ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
@@ -188,7 +216,13 @@ def main(argv=None):
     ap.add_argument("--workdir", default=None,
                     help="save the meta-trained state here (Orbax, atomic) before the meta-test; "
                          "a rerun with the same workdir and config skips training")
+    ap.add_argument("--mesh", default="1",
+                    help="devices the meta-batch's tasks are split over: 'auto' (all, of every "
+                         "process) or a number; 1 (default): one device, unsharded")
+    parallel.add_distributed_flags(ap)
     args = ap.parse_args(argv)
+    parallel.initialize(args=args)  # before any JAX computation
+    mesh = parallel.mesh_from_config(args.mesh)
     c = load_config(args.config, args.set)
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
     print(c, flush=True)
@@ -207,7 +241,8 @@ def main(argv=None):
     two_stage = bool(c.get("derive"))
     if two_stage:  # a bad derive section fails now, not after the search
         derive(c, learner, state, sample_x)
-    stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key)
+    stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key,
+                              mesh=mesh)
     # the search does not depend on the second stage: a workdir's search is reused when
     # only the derive section changed
     state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train,
@@ -240,8 +275,9 @@ def main(argv=None):
            "train_s": train_s, "meta_steps": steps_done, "eval_s": eval_s,
            "step_s": train_s / max(steps_done, 1), "history": history,
            "search": search if two_stage else None,
-           "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count()}
-    if args.out:
+           "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count(),
+           "devices": 1 if mesh is None else int(mesh.size), "processes": jax.process_count()}
+    if args.out and parallel.is_primary():
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1, default=lambda o: np.asarray(o).tolist())
         print(f"wrote {args.out}", flush=True)

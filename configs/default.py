@@ -95,6 +95,14 @@ def get_config(arg=None):
     c.runtime.checkpoint_every_epochs = 1
     c.runtime.tensorboard = "auto"      # TensorBoard scalars when tensorboardX is installed; "on"/"off"
     c.runtime.compile_cache = "~/.cache/metanas_jax/xla"  # persistent XLA cache; "" = off
+    # Devices every stage uses: "auto" = all (every process's, in a multi-process run), or a
+    # number; 1 = the single-device code paths. NAS-experience pairs and each search round's
+    # candidates are split over them (the same scores as one device); final training is
+    # data-parallel (train.batch_size must divide by the count; results equal one device's
+    # up to float summation order). Several processes: `metanas run --coordinator HOST:PORT
+    # --num-processes N --process-id I` on each (or METANAS_COORDINATOR,
+    # METANAS_NUM_PROCESSES, METANAS_PROCESS_ID), one shared --workdir.
+    c.runtime.mesh = "auto"
 
     c.report = ml_collections.ConfigDict()
     c.report.enabled = True

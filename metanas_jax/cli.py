@@ -7,6 +7,12 @@
 Rerunning a command on the same workdir resumes it; a workdir made by an incompatible
 config is refused.
 
+Devices: every stage uses ``runtime.mesh`` devices ("auto": all of them). Several hosts or
+processes: start the same command on each with ``--coordinator HOST:PORT --num-processes N
+--process-id I`` (or ``METANAS_COORDINATOR`` / ``METANAS_NUM_PROCESSES`` /
+``METANAS_PROCESS_ID``; under SLURM ``METANAS_AUTO_DISTRIBUTED=1``) and one shared
+``--workdir``; process 0 writes the workdir's records and prints the summary.
+
 Exit codes: 0 done; 1 an internal error (a bug: the traceback is shown); 2 a bad config,
 input data or workdir (one line naming the key, file or workdir); 3 a training diverged
 (non-finite loss; the stage and step are named); 4 the environment failed (permissions,
@@ -36,6 +42,8 @@ def parse_args(argv):
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--debug", action="store_true",
                     help="show the traceback of a failure (also METANAS_DEBUG=1)")
+    from metanas_jax.parallel import add_distributed_flags
+    add_distributed_flags(ap)
     args, rest = ap.parse_known_args(argv)
     overrides = []
     it = iter(rest)
@@ -101,6 +109,9 @@ def _log_to_stderr() -> None:
 
 
 def _main(args, overrides) -> int:
+    from metanas_jax import parallel
+    # joins a multi-process run (flags or environment); before any JAX computation
+    process, _ = parallel.initialize(args=args)
     from metanas_jax.config import apply_overrides, load_config
     cfg = load_config(args.config)
     apply_overrides(cfg, overrides)
@@ -110,6 +121,8 @@ def _main(args, overrides) -> int:
     _compile_cache(cfg)
     from metanas_jax import pipeline, report
     if args.command == "report":
+        if process != 0:
+            return 0
         if not (workdir / "config.json").is_file():
             raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
         # the report reads only the workdir's records: any config may be given
@@ -120,6 +133,8 @@ def _main(args, overrides) -> int:
     stages = pipeline.STAGES if args.command == "run" else (args.command,)
     t0 = time.perf_counter()
     pipeline.run_stages(cfg, workdir, stages)
+    if process != 0:  # process 0 writes the report and prints the summary
+        return 0
     path = report.write_report(workdir) if args.command in ("run", "train") and cfg.report.enabled else None
     print(_format_summary(pipeline.summary(workdir), path, time.perf_counter() - t0))
     return 0

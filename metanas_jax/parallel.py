@@ -10,8 +10,10 @@
   meta-batch; the shares are assembled into one global, task-sharded array.
 * :func:`make_sharded_meta_step`: ``meta.make_meta_step(..., mesh=mesh)``, tasks split over
   devices inside ``shard_map`` with explicitly averaged meta-gradients.
-* :func:`make_sharded_evaluate_fn`: ``search.make_evaluate_fn`` with the candidates of a
-  round split over devices.
+* :func:`make_sharded_evaluate_fn` / :class:`PairRunner`: ``search.make_evaluate_fn`` /
+  ``search.collect_experience``'s (task, architecture) pairs split over devices.
+* :func:`mesh_from_config`: the job's mesh from ``runtime.mesh`` ("auto" or a device count;
+  1 = the unchanged single-device paths); :func:`is_primary`: the process that writes files.
 * :func:`save_checkpoint` / :func:`restore_checkpoint`: Orbax, safe when every host calls
   it (each writes its own shards, the primary host the metadata; writes are atomic).
 """
@@ -162,46 +164,163 @@ def make_sharded_evaluate_fn(space, task, key: jax.Array, mesh: Mesh | None = No
                              num_classes: int | None = None, train=None, axis: str = DATA):
     """``search.make_evaluate_fn`` with each round's candidates split over ``mesh``.
 
-    Every device trains ``train.chunk`` candidates per call (padded, padding skipped on CPU), so one
-    compiled program serves all rounds; candidates get the same initialisation keys as in
-    the single-device evaluator, so scores agree with it. ``evaluate.stats`` as there
-    (``compilations`` counts the sharded program's). Single-process meshes only: the
-    candidates and task live on this host."""
+    Every device trains at most ``train.chunk`` candidates per call (padded, padding skipped
+    on CPU); candidates get the same initialisation keys as in the single-device evaluator,
+    so scores agree with it. ``evaluate.stats`` as there (``compilations`` counts the sharded
+    program's). Works on multi-process meshes: every process passes the same candidates
+    (process 0's are used) and gets every score back."""
     from metanas_jax.search import experience as ex
 
-    mesh = make_mesh(axis=axis) if mesh is None else mesh
     train = ex.TrainConfig() if train is None else train
-    sx, sy, qx, qy = (jnp.asarray(a) for a in task)
-    num_classes = int(num_classes or int(jnp.max(sy)) + 1)
-    fn = ex._train_eval_fn(space, num_classes, train)
-    n_dev = mesh.shape[axis]
-    group = n_dev * train.chunk
-
-    def per_device(valid, keys, zs, sx, sy, qx, qy):
-        rep = lambda a: jnp.broadcast_to(a, (zs.shape[0], *a.shape))
-        return fn(valid, keys, zs, rep(sx), rep(sy), rep(qx), rep(qy))
-
-    # check_vma=False: every device trains its own candidates from scratch (nothing is
-    # differentiated wrt a replicated input), and the supernets start scan carries from
-    # constants, which vma typing would reject once the data is device-varying
-    run = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis),) * 3 + (P(),) * 4,
-                                out_specs=P(axis), check_vma=False))
-    stats: dict[str, Any] = {"evaluations": 0, "seconds": 0.0, "compilations": 0}
+    sx, sy, qx, qy = (np.asarray(a) for a in task)
+    num_classes = int(num_classes or int(np.max(sy)) + 1)
+    runner = PairRunner(space, num_classes, train, (sx[None], sy[None], qx[None], qy[None]),
+                        make_mesh(axis=axis) if mesh is None else mesh, axis)
 
     def evaluate(zs):
         zs = np.asarray(zs, np.float32)
-        b = zs.shape[0]
-        keys = jnp.stack([ex._arch_key(key, space, z) for z in zs])
-        t0 = time.perf_counter()
-        out = [np.asarray(run(v, keys[j], jnp.asarray(zs[j]), sx, sy, qx, qy))
-               for v, j in ex._padded_chunks(b, group)]
-        stats["seconds"] += time.perf_counter() - t0
-        stats["evaluations"] += b
-        stats["compilations"] = ex._compilations(run)
-        return np.concatenate(out)[:b]
+        if jax.process_count() > 1:
+            zs = _same_on_all_processes(zs)
+        keys = jnp.stack([ex._arch_key(key, space, z) for z in zs]) if len(zs) else None
+        return runner(keys, zs, np.zeros(len(zs), np.int32))
 
-    evaluate.stats = stats
+    evaluate.stats = runner.stats
     return evaluate
+
+
+def _same_on_all_processes(x: np.ndarray) -> np.ndarray:
+    """Process 0's ``x`` on every process (guards against processes drifting apart)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+class PairRunner:
+    """Train-and-score (task, architecture) pairs with the pairs split over ``mesh``.
+
+    ``tasks = (sx, sy, qx, qy)`` with a leading task axis, replicated on every device;
+    ``runner(keys, zs, task_index) -> scores`` (host numpy, one per pair). Each device runs
+    ``search.experience``'s single-device program on its share of the pairs (at most
+    ``train.chunk`` per call: the smallest power of two that covers ``n / devices``, so a
+    few shapes serve every call), the pairs padded to a multiple of the device count.
+    The scores equal the single-device program's: every pair is trained by the same
+    per-pair computation with the same key. Inputs are assembled with
+    ``jax.make_array_from_callback`` (each process transfers only its devices' rows) and
+    the scores come back replicated, so multi-process meshes work too."""
+
+    def __init__(self, space, num_classes: int, train, tasks, mesh: Mesh, axis: str = DATA):
+        from metanas_jax.search import experience as ex
+
+        self.mesh, self.axis, self.train = mesh, axis, train
+        self.n_dev = mesh.shape[axis]
+        self._fn = ex._train_eval_fn(space, int(num_classes), train)
+        self._tasks = tuple(put_replicated(np.asarray(a), mesh) for a in tasks)
+        self._run, self._impl = None, None
+        self.stats: dict[str, Any] = {"evaluations": 0, "seconds": 0.0, "compilations": 0}
+
+    def _build(self, impl):
+        fn, axis = self._fn, self.axis
+
+        def per_device(valid, kd, zs, tidx, sx, sy, qx, qy):
+            keys = kd if impl is None else jax.random.wrap_key_data(kd, impl=impl)
+            return fn(valid, keys, zs, sx[tidx], sy[tidx], qx[tidx], qy[tidx])
+
+        # check_vma=False: every device trains its own candidates from scratch (nothing is
+        # differentiated wrt a replicated input), and the supernets start scan carries from
+        # constants, which vma typing would reject once the data is device-varying
+        return jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(axis),) * 4 + (P(),) * 4,
+                                     out_specs=P(axis), check_vma=False),
+                       out_shardings=replicated(self.mesh))
+
+    def __call__(self, keys, zs, task_index) -> np.ndarray:
+        from metanas_jax.search import experience as ex
+
+        zs = np.asarray(zs, np.float32)
+        n = zs.shape[0]
+        if n == 0:
+            return np.zeros((0,), np.float32)
+        typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+        impl = jax.random.key_impl(keys) if typed else None
+        kd = np.asarray(jax.random.key_data(keys) if typed else keys)
+        if self._run is None or impl != self._impl:
+            self._run, self._impl = self._build(impl), impl
+        per = min(self.train.chunk, _pow2_at_least(-(-n // self.n_dev)))
+        sh = sharded(self.mesh, self.axis)
+        t0 = time.perf_counter()
+        out = []
+        for valid, j in ex._padded_chunks(n, per * self.n_dev):
+            args = [_put(a, sh) for a in (valid, kd[j], zs[j], np.asarray(task_index, np.int32)[j])]
+            out.append(np.asarray(self._run(*args, *self._tasks).addressable_data(0)))
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["evaluations"] += n
+        self.stats["compilations"] = ex._compilations(self._run)
+        return np.concatenate(out)[:n]
+
+
+def _put(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array with ``sharding`` from the same host array on every process (each
+    process transfers only the pieces its own devices hold)."""
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def put_sharded(tree, mesh: Mesh, axis: str = DATA):
+    """Every leaf (a host array, the same on every process) split along its leading axis."""
+    sh = sharded(mesh, axis)
+    return jax.tree_util.tree_map(lambda a: _put(a, sh), tree)
+
+
+def put_replicated(tree, mesh: Mesh):
+    """Every leaf (a host array, the same on every process) replicated over ``mesh``."""
+    rep = replicated(mesh)
+    return jax.tree_util.tree_map(lambda a: _put(a, rep), tree)
+
+
+def to_local(tree):
+    """Host numpy copies of (replicated, possibly multi-process) arrays: this process's
+    first shard of each leaf; other leaves unchanged."""
+    return jax.tree_util.tree_map(
+        lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
+
+
+# -- the job's mesh ---------------------------------------------------------------------------
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0
+
+
+def mesh_size(value) -> int:
+    """The number of devices ``runtime.mesh`` asks for: ``"auto"`` = every device of every
+    process, or a number >= 1 (a digit string is accepted, as the command line gives
+    one); ``ValueError`` naming ``runtime.mesh`` otherwise."""
+    total = jax.device_count()
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return total
+    try:
+        n = int(str(value).strip()) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        n = None
+    if n is None or n < 1:
+        raise ValueError(f"runtime.mesh must be 'auto' (all {total} devices) or a number of "
+                         f"devices >= 1, got {value!r}")
+    if n > total:
+        raise ValueError(f"runtime.mesh={n}: only {total} device(s) exist (jax.device_count(), "
+                         f"backend {jax.default_backend()!r}); use 'auto' or a number <= {total}")
+    if jax.process_count() > 1 and n != total:
+        raise ValueError(f"runtime.mesh={n}: a run of {jax.process_count()} processes uses every "
+                         f"device of every process ({total}); use 'auto'")
+    return n
+
+
+def mesh_from_config(value, axis: str = DATA) -> Mesh | None:
+    """The mesh of ``runtime.mesh`` (:func:`mesh_size`), or ``None`` for one device: the
+    single-device code paths, unchanged."""
+    n = mesh_size(value)
+    return None if n == 1 else make_mesh(n, axis=axis)
 
 
 # -- checkpoints --------------------------------------------------------------------------------

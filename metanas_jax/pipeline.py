@@ -13,6 +13,16 @@ runs end with the same results as uninterrupted ones.
 
 Workdir layout: ``config.json``, ``ckpt/<stage>/`` (Orbax), ``metrics/<stage>.jsonl``,
 ``experience.npz``, ``search.json``, ``final.json``, ``export/`` (model), ``report/``.
+
+Devices (``runtime.mesh``: "auto" = every device, or a number; 1 = the single-device
+paths): NAS-experience pairs and each search round's candidates are split over the mesh
+(:class:`metanas_jax.parallel.PairRunner`, the same scores as one device), final training
+is data-parallel (:func:`metanas_jax.train.train`); the evaluator's meta-training, the
+strategy ES, the searchers' own steps and MetaNAS meta-training run unsharded on each
+process. Several processes (``jax.distributed``, :func:`metanas_jax.parallel.initialize`):
+every process runs every stage and calls every checkpoint (Orbax writes once); only
+process 0 takes the workdir's lock and writes ``config.json``, ``data.json``, metrics,
+``experience.npz``, ``search.json``, ``final.json``, the export and the report.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metanas_jax import data, spaces
+from metanas_jax import data, parallel, spaces
 from metanas_jax import meta as M
 from metanas_jax import search as S
 from metanas_jax import train as T
@@ -57,10 +67,12 @@ class Metrics:
 
     def __init__(self, workdir: Path, stage: str, tensorboard: str = "off"):
         self.path = workdir / "metrics" / f"{stage}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stage, self.writer, self._count = stage, None, 0
         if tensorboard not in ("auto", "on", "off"):
             raise ValueError(f"runtime.tensorboard must be 'auto', 'on' or 'off', got {tensorboard!r}")
+        self.enabled = parallel.is_primary()  # one writer in a multi-process run
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard != "off":
             try:
                 from tensorboardX import SummaryWriter
@@ -69,9 +81,12 @@ class Metrics:
                     raise ValueError("runtime.tensorboard='on' needs tensorboardX: "
                                      "pip install 'metanas-jax[tensorboard]'") from e
             else:
-                self.writer = SummaryWriter(str(workdir / "tensorboard" / stage))
+                if self.enabled:
+                    self.writer = SummaryWriter(str(workdir / "tensorboard" / stage))
 
     def log(self, **row):
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": time.time(), **row}) + "\n")
         if self.writer is None:
@@ -87,6 +102,8 @@ class Metrics:
 
 
 def _write_json(path: Path, obj):
+    if not parallel.is_primary():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
@@ -102,18 +119,43 @@ def _train_config(cfg) -> S.TrainConfig:
     return S.TrainConfig(steps=int(cfg.meta.train_steps), lr=float(cfg.meta.lr), chunk=int(cfg.meta.chunk))
 
 
-def _stage_done(workdir: Path, stage: str):
+def _stage_done(workdir: Path, stage: str, state: bool = False):
+    """``(step, state, record)`` of the stage's newest checkpoint if it is finished. In a
+    multi-process run without ``state`` (summary, report: one process reads) the record is
+    read directly, as Orbax's checkpoint managers synchronise every process."""
     ck = workdir / "ckpt" / stage
     if not ck.is_dir():
         return None
-    latest = StageCheckpoints(ck).latest()
+    if jax.process_count() > 1 and not state:
+        latest = _latest_record(ck)
+    else:
+        latest = StageCheckpoints(ck).latest()
     if latest is None or not latest[2].get("done"):
         return None
     return latest
 
 
+def _latest_record(ck: Path):
+    """``(step, None, record)`` of the newest complete checkpoint under ``ck``, read from
+    Orbax's layout (``<step>/record/metadata``, JSON) without a checkpoint manager."""
+    steps = sorted((int(p.name) for p in ck.iterdir() if p.name.isdigit()), reverse=True)
+    for step in steps:
+        try:
+            rec = json.loads((ck / str(step) / "record" / "metadata").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict):
+            return step, None, rec
+    return None
+
+
+def _mesh(cfg):
+    """The mesh of ``runtime.mesh`` (None: one device, the single-device paths)."""
+    return parallel.mesh_from_config(cfg.runtime.get("mesh", "auto"))
+
+
 def _require(workdir: Path, stage: str, needed_by: str):
-    latest = _stage_done(workdir, stage)
+    latest = _stage_done(workdir, stage, state=True)
     if latest is None:
         raise ValueError(f"stage {needed_by!r} needs stage {stage!r} finished in workdir "
                          f"{str(workdir)!r}; run `metanas {stage}` (or `metanas run`) first")
@@ -260,6 +302,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     folds = int(cfg.meta.cv_folds)
     n_chunks = -(-n_tasks // per)
     tasks = _nas_tasks(cfg, keys, prep)
+    mesh = _mesh(cfg)
     zs = list(state.get("zs", [])) if step <= n_chunks else None
     scores = list(state.get("scores", [])) if step <= n_chunks else None
     tcfg = _train_config(cfg)
@@ -272,7 +315,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             sub = data.TaskBatch(*(a[sl] for a in tasks))
             exp = S.collect_experience(jax.random.fold_in(keys["experience"], c), space, sub,
                                        int(cfg.meta.archs_per_task), num_classes=int(cfg.data.n_classes),
-                                       train=tcfg, costs=False)
+                                       train=tcfg, costs=False, mesh=mesh)
             zs.append(np.asarray(exp.zs))
             scores.append(np.asarray(exp.scores))
             metrics.log(phase="experience", chunk=c + 1, tasks=sl.stop, mean_acc=_finite_mean(exp.scores),
@@ -290,7 +333,8 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                            support_x=np.asarray(tasks.support_x), support_y=np.asarray(tasks.support_y),
                            meta={"steps": tcfg.steps, "lr": tcfg.lr, "num_classes": int(cfg.data.n_classes),
                                  "diverged": failed})
-        S.save_experience(workdir / "experience.npz", exp)
+        if parallel.is_primary():
+            S.save_experience(workdir / "experience.npz", exp)
     else:
         exp = S.load_experience(workdir / "experience.npz")
     train_data = exp.meta_tasks()
@@ -587,8 +631,14 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         return rec
     results = rec["results"]
     budget = int(cfg.search.budget)
-    evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys["search_eval"],
-                                  num_classes=prep.num_classes, train=_train_config(cfg))
+    mesh = _mesh(cfg)
+    if mesh is None:
+        evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys["search_eval"],
+                                      num_classes=prep.num_classes, train=_train_config(cfg))
+    else:  # each round's candidates split over the devices: the same scores
+        evaluate = parallel.make_sharded_evaluate_fn(prep.space, prep.search_task, keys["search_eval"],
+                                                     mesh, num_classes=prep.num_classes,
+                                                     train=_train_config(cfg))
     cache: dict[tuple, float] = {}
     for r in results.values():  # evaluations are deterministic per architecture: reuse them
         bad = set(r.get("diverged", []))
@@ -694,13 +744,16 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             ck.save(epoch, {"leaves": list(jax.tree.leaves(state))},
                     {"history": history, "seconds": time.perf_counter() - t_start})
 
+    mesh = _mesh(cfg)
     state, net, history, result = T.train(prep.space, arch, prep.target, fcfg, key, start=start,
-                                          on_epoch=on_epoch, progress=bool(cfg.runtime.progress))
+                                          on_epoch=on_epoch, progress=bool(cfg.runtime.progress),
+                                          mesh=mesh)
     from metanas_jax.export import save_model
     variables = state.eval_variables()
-    save_model(workdir / "export", arch, variables, num_classes=prep.num_classes,
-               image_shape=prep.target.train.image_shape, class_names=prep.target.train.class_names,
-               extra={"val_acc": result["val_acc"], "test_acc": result["test_acc"]})
+    if parallel.is_primary():
+        save_model(workdir / "export", arch, variables, num_classes=prep.num_classes,
+                   image_shape=prep.target.train.image_shape, class_names=prep.target.train.class_names,
+                   extra={"val_acc": result["val_acc"], "test_acc": result["test_acc"]})
     record = {"done": True, "arch": str(arch), "choices": list(arch.choices), "history": history,
               **result, "epochs": fcfg.epochs, "seconds": time.perf_counter() - t_start,
               "compute_dtype": "bfloat16" if fcfg.compute_dtype() is not None else "float32"}
@@ -723,7 +776,10 @@ def run_stages(cfg, workdir: Path, stages=STAGES) -> dict:
     # here leaves no config.json behind to refuse its corrected rerun
     prep = check_config(cfg, source="meta-train" in stages)
     with workdir_lock(workdir):
-        check_workdir(cfg, workdir)
+        if parallel.is_primary():
+            check_workdir(cfg, workdir)
+        else:
+            _check_workdir_readonly(cfg, workdir)
         _write_json(workdir / "data.json", prep.describe(cfg))
         out = {}
         fns = {"meta-train": meta_train, "search": search, "train": final_train}
@@ -742,7 +798,7 @@ def check_config(cfg, source: bool = True) -> Prepared:
         raise ValueError(f"meta.method: unknown {cfg.meta.method!r}; known: {list(META_METHODS)}")
     _check_meta(cfg)
     _check_search(cfg)
-    T.FinalTrainConfig.from_config(cfg.train)
+    T.check_batch_split(T.FinalTrainConfig.from_config(cfg.train), _mesh(cfg))
     prep = prepare(cfg)
     if source:
         prep.source = source_dataset(cfg, prep)
@@ -753,11 +809,15 @@ def check_config(cfg, source: bool = True) -> Prepared:
 def workdir_lock(workdir: Path):
     """Exclusive use of ``workdir`` by one process: a second ``metanas`` on the same workdir
     is refused at once instead of interleaving metrics and breaking checkpoints. The lock
-    (``flock`` on ``workdir/.lock``) dies with its process, so a killed run resumes."""
+    (``flock`` on ``workdir/.lock``) dies with its process, so a killed run resumes. In a
+    multi-process run only process 0 takes it (the others share its workdir)."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotADirectoryError(20, "the workdir is not a folder", str(workdir))
     workdir.mkdir(parents=True, exist_ok=True)
+    if not parallel.is_primary():
+        yield
+        return
     f = open(workdir / ".lock", "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -770,6 +830,25 @@ def workdir_lock(workdir: Path):
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def _check_workdir_readonly(cfg, workdir: Path) -> None:
+    """:func:`check_workdir`'s refusal of a workdir made by another config, without writing
+    (the processes other than 0 of a multi-process run)."""
+    from metanas_jax.config import _flatten, result_part, to_dict
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return  # process 0 reports it
+    a, b = _flatten(result_part(old)), _flatten(result_part(to_dict(cfg)))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+    if diff:
+        raise ValueError(f"workdir {str(workdir)!r} was made by an incompatible config "
+                         f"({len(diff)} key(s) differ, e.g. {diff[0]}); use another --workdir "
+                         f"or the same config")
 
 
 def summary(workdir: Path) -> dict:

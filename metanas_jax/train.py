@@ -238,12 +238,22 @@ def with_whitened_stem(state: TrainState, images, norm: Callable) -> TrainState:
     return state.replace(params=params, ema=ema)
 
 
-def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Callable):
+def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Callable, mesh=None):
     """``train_step(state, batch, key) -> (state, metrics)``: pure and jitted.
     ``batch = (uint8 images, labels, flip mask)``; crop, flip and normalisation happen
-    inside; the flip mask comes from :func:`flip_mask` (alternating or random flips)."""
+    inside; the flip mask comes from :func:`flip_mask` (alternating or random flips).
+
+    ``mesh`` (``parallel.make_mesh``): data-parallel. The batch is split over the mesh's
+    ``data`` axis, state replicated; XLA's partitioner inserts the gradient all-reduce and
+    reduces batch-norm statistics over the global batch (the network's reductions span the
+    sharded axis), so the step is the single-device one up to summation order. The
+    returned function takes host arrays (the same on every process) or global arrays for
+    ``state`` and ``batch``, and a typed key or its raw key data."""
+    check_batch_split(cfg, mesh)
 
     def train_step(state: TrainState, batch, key):
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)
         x, y, flips = batch
         if cfg.crop_pad:
             x = data_mod.random_crop(key, x, pad=cfg.crop_pad)
@@ -272,7 +282,41 @@ def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Call
                             batch_stats=upd["batch_stats"], opt_state=opt_state, ema=ema)
         return new, {"loss": loss, "acc": acc}
 
-    return jax.jit(train_step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    from metanas_jax import parallel
+    rep, sh = parallel.replicated(mesh), parallel.sharded(mesh)
+    step = jax.jit(train_step, donate_argnums=0, in_shardings=(rep, (sh, sh, sh), rep),
+                   out_shardings=(rep, rep))
+
+    def global_step(state, batch, key):
+        if not _on(state, mesh):
+            state = parallel.put_replicated(parallel.to_local(state), mesh)
+        if not all(_on(b, mesh) for b in batch):
+            batch = parallel.put_sharded(tuple(np.asarray(b) for b in batch), mesh)
+        if not _on(key, mesh):
+            if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+                key = jax.random.key_data(key)
+            key = parallel.put_replicated(np.asarray(key), mesh)
+        return step(state, batch, key)
+
+    global_step.jitted = step
+    return global_step
+
+
+def _on(tree, mesh) -> bool:
+    """Whether every leaf is a global array placed on ``mesh``."""
+    return all(isinstance(a, jax.Array) and isinstance(a.sharding, jax.sharding.NamedSharding)
+               and a.sharding.mesh == mesh for a in jax.tree.leaves(tree))
+
+
+def check_batch_split(cfg: FinalTrainConfig, mesh) -> None:
+    """``train.batch_size`` must split evenly over a data-parallel mesh."""
+    n = 1 if mesh is None else int(mesh.size)
+    if cfg.batch_size % n:
+        raise ValueError(f"train.batch_size={cfg.batch_size} does not split over the {n} devices "
+                         f"of runtime.mesh (data-parallel final training puts batch_size / "
+                         f"devices images on each); use a multiple of {n}")
 
 
 def tta_views(x, tta: str) -> list:
@@ -349,11 +393,16 @@ def setup(space, arch, train_ds, cfg: FinalTrainConfig):
 def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.normalize,
           start: tuple[int, TrainState, list] | None = None,
           on_epoch: Callable[[int, TrainState, list], None] | None = None,
-          progress: bool = False):
+          progress: bool = False, mesh=None):
     """Train ``arch`` on ``target.train``; returns ``(state, net, history, result)``.
 
     ``start = (epoch, state, history)`` resumes after ``epoch`` completed epochs.
     ``on_epoch(epoch, state, history)`` is called after every epoch (checkpointing).
+    ``mesh`` (``parallel.make_mesh``, more than one device): data-parallel training (see
+    :func:`make_train_step`; ``batch_size`` must divide by the device count); the same
+    batches, augmentation and keys as on one device. Evaluation then runs on a host copy
+    of the variables on each process's first device, and the state passed to
+    ``on_epoch`` and returned is that host copy (numpy).
     ``history``: one dict per epoch (train loss/acc, val acc, seconds). ``result``:
     final ``val_acc`` and ``test_acc`` (test evaluated here only), of the evaluated
     variables (:meth:`TrainState.eval_variables`).
@@ -371,10 +420,19 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     else:
         epoch0, state, history = start
         history = list(history)
-    train_step = make_train_step(net, tx, cfg, n_cls, norm)
+    if mesh is not None and mesh.size == 1:
+        mesh = None
+    train_step = make_train_step(net, tx, cfg, n_cls, norm, mesh=mesh)
     eval_step = make_eval_step(net, norm, cfg.tta)
-    images = jnp.asarray(ds.images)
-    labels = jnp.asarray(ds.labels, jnp.int32)
+    if mesh is None:
+        images = jnp.asarray(ds.images)
+        labels = jnp.asarray(ds.labels, jnp.int32)
+        local = lambda t: t  # noqa: E731
+    else:
+        from metanas_jax import parallel
+        images, labels = np.asarray(ds.images), np.asarray(ds.labels, np.int32)
+        state = parallel.put_replicated(parallel.to_local(state), mesh)
+        local = parallel.to_local
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -385,11 +443,22 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
         flips = jnp.asarray(flip_mask(k_flip, epoch, len(ds), cfg.alternate_flip))
         ek = jax.random.fold_in(jax.random.fold_in(k_data, epoch), 1)
         losses, accs = [], []
-        for i, idx in enumerate(order):
-            state, m = train_step(state, (images[idx], labels[idx], flips[idx]), jax.random.fold_in(ek, i))
-            losses.append(m["loss"])
-            accs.append(m["acc"])
-        val_acc = accuracy(eval_step, state.eval_variables(), target.val, cfg.eval_batch_size)
+        if mesh is None:
+            for i, idx in enumerate(order):
+                state, m = train_step(state, (images[idx], labels[idx], flips[idx]),
+                                      jax.random.fold_in(ek, i))
+                losses.append(m["loss"])
+                accs.append(m["acc"])
+        else:
+            # the same per-step keys, as raw key data fetched once per epoch
+            kds = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(ek, i))(
+                jnp.arange(len(order)))))
+            flips_np = np.asarray(flips)
+            for i, idx in enumerate(order):
+                state, m = train_step(state, (images[idx], labels[idx], flips_np[idx]), kds[i])
+                losses.append(m["loss"].addressable_data(0))
+                accs.append(m["acc"].addressable_data(0))
+        val_acc = accuracy(eval_step, local(state.eval_variables()), target.val, cfg.eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
                         "train_acc": float(np.mean(jax.device_get(accs))), "val_acc": val_acc,
                         "seconds": time.perf_counter() - t0})
@@ -400,9 +469,10 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{val_acc:.3f}")
         if on_epoch is not None:
-            on_epoch(epoch + 1, state, history)
+            on_epoch(epoch + 1, local(state), history)
     if bar is not None:
         bar.close()
+    state = local(state)
     variables = state.eval_variables()
     result = {"val_acc": accuracy(eval_step, variables, target.val, cfg.eval_batch_size),
               "test_acc": accuracy(eval_step, variables, target.test, cfg.eval_batch_size),

@@ -155,3 +155,12 @@ def test_second_process_on_a_workdir_is_refused(tmp_path):
     assert not (wd / "config.json").exists()
     with pipeline.workdir_lock(wd):  # released: can be taken again
         pass
+
+
+def test_distributed_flags_parsed():
+    """``--coordinator/--num-processes/--process-id`` reach parallel.initialize (not overrides)."""
+    from metanas_jax import cli
+    args, overrides = cli.parse_args(["run", "--coordinator", "h:1", "--num-processes", "2",
+                                      "--process-id", "1", "--config.runtime.mesh=auto"])
+    assert (args.coordinator, args.num_processes, args.process_id) == ("h:1", 2, 1)
+    assert overrides == ["runtime.mesh=auto"]

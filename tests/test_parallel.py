@@ -43,13 +43,16 @@ def test_sharded_equals_single_device_on_8_devices(tmp_path):
     assert "OK eight" in out, out
 
 
-def test_two_processes_equal_one(tmp_path):
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, HERE, "multi", str(port), str(i), str(tmp_path)],
-                              env=_env(2), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+        return s.getsockname()[1]
+
+
+def _processes(commands, env, cwd):
+    """Run the commands as concurrent processes; ``[(stdout, stderr)]``, each exit 0."""
+    procs = [subprocess.Popen(c, env=env, cwd=str(cwd), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in commands]
     outs = []
     try:
         for p in procs:
@@ -61,7 +64,58 @@ def test_two_processes_equal_one(tmp_path):
                 p.kill()
     for i, (rc, o, e) in enumerate(outs):
         assert rc == 0, f"process {i} failed:\n{o}\n{e[-4000:]}"
+    return [(o, e) for _, o, e in outs]
+
+
+def test_two_processes_equal_one(tmp_path):
+    port = _free_port()
+    outs = _processes([[sys.executable, HERE, "multi", str(port), str(i), str(tmp_path)]
+                       for i in range(2)], _env(2), tmp_path)
+    for i, (o, _) in enumerate(outs):
         assert f"OK multi {i}" in o, o
+
+
+def test_job_on_8_devices_equals_one_device(tmp_path):
+    """The main job (meta-train -> search -> train, tiny) with ``runtime.mesh=8`` gives the
+    architecture, search scores and accuracies of ``runtime.mesh=1``; one data-parallel
+    final-training step equals the single-device step (batch norm over the global batch)."""
+    out = _run(["job", str(tmp_path)], 8, tmp_path)
+    assert "OK job" in out, out
+
+
+@pytest.mark.skipif(os.environ.get("METANAS_TEST_MULTIPROCESS_JOB") != "1",
+                    reason="minutes on 2 cores: set METANAS_TEST_MULTIPROCESS_JOB=1")
+def test_job_on_two_processes(tmp_path):
+    """``metanas run`` (tiny) as 2 processes x 2 devices joined by --coordinator flags:
+    completes, one workdir, written once (process 0 prints the summary)."""
+    wd = tmp_path / "wd"
+    args = ["run", "--workdir", str(wd), "--no-progress", "--coordinator", f"127.0.0.1:{_free_port()}",
+            "--num-processes", "2", *[f"--config.{o}" for o in JOB]]
+    env = {**_env(2), "PYTHONPATH": os.path.dirname(os.path.dirname(HERE))}
+    outs = _processes([[sys.executable, "-m", "metanas_jax", *args, "--process-id", str(i)]
+                       for i in range(2)], env, tmp_path)
+    assert "best architecture" in outs[0][0] and "metanas summary" not in outs[1][0]
+    search, final, _ = _job_results(wd)
+    assert final[0] and (wd / "report" / "report.md").is_file() and (wd / "export").is_dir()
+    assert len(search["meta"][1]) == 8
+
+
+def test_runtime_mesh_validation(monkeypatch):
+    import types
+
+    from metanas_jax import parallel
+    from metanas_jax import train as T
+
+    assert parallel.mesh_size("auto") == 1 and parallel.mesh_from_config("auto") is None
+    assert parallel.mesh_from_config(1) is None and parallel.mesh_from_config("1") is None
+    for bad, msg in (("foo", "runtime.mesh must be"), (0, "runtime.mesh must be"),
+                     (1.5, "runtime.mesh must be"), (2, "only 1 device")):
+        with pytest.raises(ValueError, match=msg):
+            parallel.mesh_size(bad)
+    cfg = T.FinalTrainConfig(batch_size=60)
+    T.check_batch_split(cfg, types.SimpleNamespace(size=4))
+    with pytest.raises(ValueError, match=r"train.batch_size=60 does not split over the 8 devices"):
+        T.check_batch_split(cfg, types.SimpleNamespace(size=8))
 
 
 def test_initialize_single_process_without_coordinator(monkeypatch):
@@ -207,6 +261,97 @@ def worker_eight(ckpt_dir):
     print("OK eight", flush=True)
 
 
+# tiny job settings (cf. tests/test_cli.py's TINY, smaller still): every stage, sharded
+# experience and search rounds, data-parallel final training (no cross-validation: it is
+# not sharded and costs compilations)
+JOB = ["space.layers=2", "space.widths=4,8", "space.stem_width=4", "data.num_tasks=4",
+       "meta.archs_per_task=4", "meta.tasks_per_checkpoint=2", "meta.train_steps=4",
+       "meta.evaluator_steps=10", "meta.cv_folds=0", "search.budget=8",
+       "search.methods=meta,random", "train.epochs=2", "train.batch_size=32",
+       "data.target_train=64", "data.target_val=16", "runtime.progress=False",
+       "runtime.tensorboard=off", "runtime.compile_cache="]
+
+
+def _job_results(wd):
+    from pathlib import Path
+
+    wd = Path(wd)
+    s = json.loads((wd / "search.json").read_text())
+    f = json.loads((wd / "final.json").read_text())
+    return ({k: (v["choices"], v["scores"]) for k, v in s["results"].items()},
+            (f["arch"], f["val_acc"], f["test_acc"], [h["val_acc"] for h in f["history"]]),
+            [h["train_loss"] for h in f["history"]])
+
+
+def worker_job(tmp):
+    import jax
+    import numpy as np
+
+    from metanas_jax import data, parallel, pipeline, spaces
+    from metanas_jax import train as T
+    from metanas_jax.config import apply_overrides, load_config
+
+    assert jax.device_count() == 8
+    # the unsharded programs (evaluator, strategy) compile once for both runs
+    jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    t0 = time.time()
+    # one data-parallel step == one single-device step (params, batch-norm statistics, loss)
+    space = spaces.get("macro32", layers=2, ops=("conv3x3", "identity"), widths=(4, 8),
+                       stem_width=4)
+    arch = space.decode(np.asarray(space.sample(jax.random.PRNGKey(0), 1))[0])
+    cfg = T.FinalTrainConfig(batch_size=32, epochs=1, crop_pad=1, ema=0.9)
+    net, tx, _ = T.setup(space, arch, types_ds(10, (8, 8, 1), 64), cfg)
+    state = T.create_state(net, jax.random.key(0), (8, 8, 1), tx, cfg)
+    rng = np.random.default_rng(0)
+    batch = (rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
+             rng.integers(0, 10, 32).astype(np.int32), rng.random(32) < 0.5)
+    key = jax.random.key(1)
+    ref, m_ref = T.make_train_step(net, tx, cfg, 10, data.normalize)(
+        jax.tree.map(np.copy, parallel.to_local(state)), tuple(jax.numpy.asarray(b) for b in batch), key)
+    mesh = parallel.make_mesh(8)
+    got, m = T.make_train_step(net, tx, cfg, 10, data.normalize, mesh=mesh)(state, batch, key)
+    assert jax.tree.leaves(got.params)[0].sharding == parallel.replicated(mesh)
+    got = parallel.to_local(got)
+    # tolerance: float32 summation order of the partitioned reductions
+    _close(got.params, ref.params, "dp params", rtol=1e-5, atol=1e-6)
+    _close(got.batch_stats, ref.batch_stats, "dp batch_stats", rtol=1e-5, atol=1e-6)
+    _close(got.ema, ref.ema, "dp ema", rtol=1e-5, atol=1e-6)
+    _close(parallel.to_local(m), m_ref, "dp metrics", rtol=1e-5, atol=1e-6)
+    print("step", f"{time.time() - t0:.1f}s", flush=True)
+
+    def run(mesh_value, name):
+        c = load_config("default")
+        apply_overrides(c, JOB + [f"runtime.mesh={mesh_value}"])
+        pipeline.run_stages(c, os.path.join(tmp, name))
+        return _job_results(os.path.join(tmp, name))
+
+    one = run(1, "one")
+    print("one", f"{time.time() - t0:.1f}s", flush=True)
+    eight = run("auto", "eight")
+    print("eight", f"{time.time() - t0:.1f}s", flush=True)
+    assert one[0] == eight[0], (one[0], eight[0])  # search: same candidates and scores
+    assert one[1] == eight[1], (one[1], eight[1])  # final: same arch and accuracies
+    np.testing.assert_allclose(eight[2], one[2], rtol=1e-4)  # train loss: summation order
+    c = load_config("default")
+    apply_overrides(c, JOB + ["train.batch_size=36"])
+    try:
+        pipeline.check_config(c, source=False)
+        raise AssertionError("expected ValueError")
+    except ValueError as e:
+        assert "train.batch_size=36" in str(e), e
+    print("OK job", flush=True)
+
+
+def types_ds(num_classes, image_shape, n):
+    class _DS:
+        pass
+    ds = _DS()
+    ds.num_classes, ds.image_shape = num_classes, image_shape
+    ds.__class__.__len__ = lambda self: n
+    return ds
+
+
 def worker_multi(port, pid, tmp):
     import jax
     import numpy as np
@@ -247,4 +392,4 @@ def worker_multi(port, pid, tmp):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), ".."))
     mode, rest = sys.argv[1], sys.argv[2:]
-    {"eight": worker_eight, "multi": worker_multi}[mode](*rest)
+    {"eight": worker_eight, "multi": worker_multi, "job": worker_job}[mode](*rest)

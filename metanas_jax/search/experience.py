@@ -216,10 +216,12 @@ def _run_pairs(fn, keys, zs, sx, sy, qx, qy, chunk):
 def collect_experience(key: jax.Array, space: SearchSpace, tasks, n_archs: int, *,
                        num_classes: int | None = None, train: TrainConfig = TrainConfig(),
                        n_images: int | None = None, costs: bool = True,
-                       log: bool = False) -> Experience:
+                       log: bool = False, mesh=None) -> Experience:
     """Train ``n_archs`` uniformly sampled architectures per task (different ones on each
     task) and record validation accuracy and cost. ``tasks``: a ``data.TaskBatch``.
-    ``n_images``: how many support images per task to keep as the task's input (all)."""
+    ``n_images``: how many support images per task to keep as the task's input (all).
+    ``mesh``: a ``jax.sharding.Mesh`` (``parallel.make_mesh``) whose devices share the
+    (task, architecture) pairs (``parallel.PairRunner``; the same scores as on one device)."""
     sx, sy, qx, qy = (jnp.asarray(a) for a in tasks)
     t = sx.shape[0]
     if n_archs < 1:
@@ -230,10 +232,15 @@ def collect_experience(key: jax.Array, space: SearchSpace, tasks, n_archs: int, 
     flat_z = np.asarray(zs).reshape(t * n_archs, space.dim)
     task_of = np.repeat(np.arange(t), n_archs)
     keys = jax.random.split(k_init, t * n_archs)
-    fn = _train_eval_fn(space, num_classes, train)
     t0 = time.perf_counter()
-    acc = _run_pairs(fn, keys, jnp.asarray(flat_z), sx[task_of], sy[task_of], qx[task_of],
-                     qy[task_of], train.chunk)
+    if mesh is not None and mesh.size > 1:
+        from metanas_jax import parallel
+        runner = parallel.PairRunner(space, num_classes, train, (sx, sy, qx, qy), mesh)
+        acc = runner(keys, flat_z, task_of)
+    else:
+        fn = _train_eval_fn(space, num_classes, train)
+        acc = _run_pairs(fn, keys, jnp.asarray(flat_z), sx[task_of], sy[task_of], qx[task_of],
+                         qy[task_of], train.chunk)
     seconds = time.perf_counter() - t0
     if log:
         print(f"experience: {t * n_archs} trainings in {seconds:.1f}s "
