@@ -435,7 +435,7 @@ def _check_meta(cfg) -> None:
                 "meta.archs_per_task": (c.archs_per_task, 1), "meta.train_steps": (c.train_steps, 1),
                 "meta.chunk": (c.chunk, 1), "meta.evaluator_steps": (c.evaluator_steps, 1),
                 "meta.batch_tasks": (c.batch_tasks, 1), "meta.cv_top_k": (c.cv_top_k, 1),
-                "meta.cv_folds": (c.cv_folds, 0), "meta.es_iterations": (c.es_iterations, 0),
+                "meta.cv_folds": (c.cv_folds, 0), "meta.es_iterations": (c.es_iterations, 1),
                 "meta.es_population": (c.es_population, 1)}
     for key, (v, lo) in at_least.items():
         if int(v) < lo:
