@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from metanas_jax import data, pipeline
+from metanas_jax import builders, data
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.config import apply_overrides, load_config, to_dict
@@ -51,7 +51,7 @@ def main(argv=None):
     command = "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     cfg = load_config(args.config)
     apply_overrides(cfg, args.set)
-    prep = pipeline.prepare(cfg)
+    prep = builders.prepare(cfg)
     space, target = prep.space, prep.target
     val = data.subsample(target.val, min(args.val, len(target.val)), args.seed + 1)
     ref_train = data.subsample(target.train, min(args.ref_train, len(target.train)), args.seed)

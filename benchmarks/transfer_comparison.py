@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from metanas_jax import data, pipeline
+from metanas_jax import builders, data, pipeline
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.config import apply_overrides, check_workdir, load_config, to_dict
@@ -110,7 +110,7 @@ def main(argv=None):
         wd = root / f"seed{seed}"
         t0 = time.perf_counter()
         check_workdir(cfg, wd)
-        prep = pipeline.prepare(cfg)
+        prep = builders.prepare(cfg)
         meta = pipeline.meta_train(cfg, wd, prep)
         srch = pipeline.search(cfg, wd, prep)
         runs[seed] = {"cfg": cfg, "prep": prep, "meta": meta, "search": srch,

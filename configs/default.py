@@ -48,6 +48,9 @@ def get_config(arg=None):
     c.meta.evaluator_steps = 50
     c.meta.batch_tasks = 4
     c.meta.hidden = (64, 64)
+    c.meta.evaluator_lr = 1e-3        # the evaluator's meta-training rate (and in cross-validation)
+    c.meta.evaluator_support = 16     # observed archs per task in its meta-training (<= half the task's)
+    c.meta.task_images = 64           # images of a task the evaluator's task encoder reads
     c.meta.cv_folds = 5               # k-fold meta-evaluation over the NAS tasks (0 = off)
     c.meta.cv_top_k = 1               # top-k regret in that evaluation
     c.meta.es_iterations = 1
@@ -60,7 +63,9 @@ def get_config(arg=None):
         inner_steps=2, inner_lr=0.1, arch_inner_lr=0.3,
         meta_lr=1e-3, arch_meta_lr=3e-2,
         adapt_steps=5,                # inner steps on the target before projecting
-        explore=0.25))                # std of the encoding perturbations around the centre
+        explore=0.25,                 # std of the encoding perturbations around the centre
+        arch_init_scale=0.05))        # spread of the initial meta-architecture around the
+                                      # space's encoding centre (macro32: 0.5, no choice preferred)
 
     c.search = ml_collections.ConfigDict()
     c.search.methods = ("meta", "random", "evolution")  # first one gives the final architecture
@@ -68,6 +73,7 @@ def get_config(arg=None):
     c.search.batch_size = 4
     c.search.n_random = 64            # strategy candidate pool
     c.search.n_starts = 8
+    c.search.scratch_fit_steps = 100  # "scratch": evaluator fitting steps on each round's observations
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10

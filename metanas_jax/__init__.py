@@ -5,14 +5,15 @@ package does not import JAX): ``mn.spaces`` (search spaces, encodings), ``mn.nn`
 (networks from encodings, supernets), ``mn.data`` (datasets, tasks), ``mn.meta`` (MAML /
 Reptile, adapt + predict, save / load a meta-trained learner), ``mn.search`` (ask/tell
 searchers, the meta-learned evaluator), ``mn.train`` (final training), ``mn.export``
-(``load_model``), ``mn.parallel`` (meshes, several hosts), ``mn.pipeline`` (the main job).
+(``load_model``), ``mn.parallel`` (meshes, several hosts), ``mn.pipeline`` (the main job; its parts:
+``mn.builders``, config -> objects, and ``mn.workdir``, a run's records).
 """
 import importlib
 
 __version__ = "0.1.0"
 
 SUBPACKAGES = ("spaces", "nn", "data", "meta", "search", "train", "export", "parallel",
-               "pipeline", "config", "checkpoint", "report")
+               "pipeline", "builders", "workdir", "config", "checkpoint", "report")
 __all__ = [*SUBPACKAGES, "load_model"]
 
 

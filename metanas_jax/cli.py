@@ -119,7 +119,8 @@ def _main(args, overrides) -> int:
         cfg.runtime.progress = False
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     _compile_cache(cfg)
-    from metanas_jax import pipeline, report
+    from metanas_jax import report
+    from metanas_jax.workdir import summary
     if args.command == "report":
         if process != 0:
             return 0
@@ -127,16 +128,17 @@ def _main(args, overrides) -> int:
             raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
         # the report reads only the workdir's records: any config may be given
         path = report.write_report(workdir)
-        missing = pipeline.summary(workdir)["missing"]
+        missing = summary(workdir)["missing"]
         print(f"report: {path}" + (f" (incomplete: {', '.join(missing)} not finished)" if missing else ""))
         return 0
+    from metanas_jax import pipeline
     stages = pipeline.STAGES if args.command == "run" else (args.command,)
     t0 = time.perf_counter()
     pipeline.run_stages(cfg, workdir, stages)
     if process != 0:  # process 0 writes the report and prints the summary
         return 0
     path = report.write_report(workdir) if args.command in ("run", "train") and cfg.report.enabled else None
-    print(_format_summary(pipeline.summary(workdir), path, time.perf_counter() - t0))
+    print(_format_summary(summary(workdir), path, time.perf_counter() - t0))
     return 0
 
 

@@ -21,9 +21,8 @@ def _plt():
 
 
 def _load(workdir: Path):
-    from metanas_jax.pipeline import _stage_done
-    return {st: (rec[2] if (rec := _stage_done(workdir, st)) else None)
-            for st in ("meta-train", "search", "train")}
+    from metanas_jax.workdir import STAGES, stage_record
+    return {st: (rec[2] if (rec := stage_record(workdir, st)) else None) for st in STAGES}
 
 
 def plot_search(results: dict, path: Path):
@@ -182,7 +181,7 @@ def write_report(workdir) -> Path:
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
     if missing:
         lines += [f"Stages not finished in this workdir (not shown): {', '.join(missing)}.", ""]
-    from metanas_jax.pipeline import search_warnings
+    from metanas_jax.workdir import search_warnings
     warnings = (m or {}).get("warnings", []) + (search_warnings(s["results"]) if s else [])
     if warnings:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in warnings] + [""]

@@ -146,14 +146,14 @@ def test_bad_config_leaves_no_workdir_record(tmp_path, override):
 def test_second_process_on_a_workdir_is_refused(tmp_path):
     """One metanas per workdir: while the lock is held (here by this test, as a running
     job would), a run on the same workdir fails at once naming the workdir."""
-    from metanas_jax import pipeline
+    from metanas_jax.workdir import workdir_lock
     wd = tmp_path / "wd"
-    with pipeline.workdir_lock(wd):
+    with workdir_lock(wd):
         p = subprocess.run([sys.executable, "-m", "metanas_jax", "run", "--workdir", str(wd), *TINY],
                            capture_output=True, text=True, timeout=600)
         assert p.returncode == 2 and "in use by another metanas process" in p.stderr
     assert not (wd / "config.json").exists()
-    with pipeline.workdir_lock(wd):  # released: can be taken again
+    with workdir_lock(wd):  # released: can be taken again
         pass
 
 

@@ -287,7 +287,7 @@ def worker_job(tmp):
     import jax
     import numpy as np
 
-    from metanas_jax import data, parallel, pipeline, spaces
+    from metanas_jax import builders, data, parallel, pipeline, spaces
     from metanas_jax import train as T
     from metanas_jax.config import apply_overrides, load_config
 
@@ -336,7 +336,7 @@ def worker_job(tmp):
     c = load_config("default")
     apply_overrides(c, JOB + ["train.batch_size=36"])
     try:
-        pipeline.check_config(c, source=False)
+        builders.check_config(c, source=False)
         raise AssertionError("expected ValueError")
     except ValueError as e:
         assert "train.batch_size=36" in str(e), e

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from metanas_jax import pipeline
+from metanas_jax import builders, pipeline
 from metanas_jax.checkpoint import StageCheckpoints
 from metanas_jax.config import apply_overrides, load_config
 
@@ -48,8 +48,8 @@ def test_metanas_run_end_to_end(run):
     assert len(r["scores"]) == 4 and len({tuple(c) for c in r["choices"]}) == 4
     assert all(0.0 <= s <= 1.0 for s in r["scores"])
     # the first candidate is the projection of the adapted meta-architecture
-    prep = pipeline.prepare(cfg)
-    center = pipeline._metanas_center(cfg, prep, {"leaves": _leaves(wd)})
+    prep = builders.prepare(cfg)
+    center = builders.metanas_center(cfg, prep, {"leaves": _leaves(wd)})
     assert r["choices"][0] == list(prep.space.decode(np.asarray(prep.space.project(center))).choices)
     assert out["train"]["arch"] == r["best_arch"]
     assert 0.0 <= out["train"]["test_acc"] <= 1.0

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metanas_jax import cli, pipeline
+from metanas_jax import builders, cli, pipeline
 from metanas_jax.checkpoint import StageCheckpoints
 from metanas_jax.config import apply_override, apply_overrides, load_config
+from metanas_jax.workdir import search_warnings, write_data
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -97,6 +98,11 @@ def _rgb_folder(root: Path, size=8) -> Path:
     (["meta.method=metanas", "meta.metanas.meta_batch=99"], "meta_batch"),
     (["data.target_classes=5"], "has 1 class"),
     (["search.methods=meta,foo"], "'foo'"),
+    (["meta.evaluator_lr=0"], "meta.evaluator_lr must be > 0"),
+    (["meta.task_images=0"], "meta.task_images must be >= 1"),
+    (["search.scratch_fit_steps=0"], "search.scratch_fit_steps must be >= 1"),
+    (["meta.method=metanas", "search.methods=metanas", "meta.metanas.arch_init_scale=-1"],
+     "meta.metanas.arch_init_scale must be >= 0"),
 ])
 def test_bad_config_fails_before_the_workdir_is_written(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -108,7 +114,7 @@ def test_nan_in_a_config_file_is_refused_by_name(tmp_path):
     cfg = _cfg()
     apply_override(cfg, "train.lr", float("nan"))  # as a config file would set it
     with pytest.raises(ValueError, match="'train.lr' must be finite"):
-        pipeline.check_config(cfg)
+        builders.check_config(cfg)
 
 
 def test_source_and_target_of_different_image_shapes_are_refused_up_front(tmp_path):
@@ -120,7 +126,7 @@ def test_source_and_target_of_different_image_shapes_are_refused_up_front(tmp_pa
 
 
 def test_data_description_states_shape_classes_and_splits():
-    d = pipeline.check_config(_cfg(), source=False).describe(_cfg())
+    d = builders.check_config(_cfg(), source=False).describe(_cfg())
     assert d["image_shape"] == [8, 8, 1] and d["num_classes"] == 5
     assert d["class_names"] == ["5", "6", "7", "8", "9"]
     assert d["images"]["search_train"] == 200 and d["images"]["test"] > 0
@@ -134,7 +140,7 @@ def test_diverged_candidates_are_failures_not_chance_accuracy():
     assert n == 1 and scores.tolist() == [0.5, 0.0]
     with pytest.raises(FloatingPointError, match="stage search: .*every candidate"):
         pipeline._diverged_as_failures(np.array([np.nan, np.nan]), "search", cfg)
-    w = pipeline.search_warnings({"random": {"scores": [0.5, 0.0], "diverged": [1]}})
+    w = search_warnings({"random": {"scores": [0.5, 0.0], "diverged": [1]}})
     assert w == ["search random: 1 of 2 candidates' training diverged (non-finite logits; scored 0)"]
 
 
@@ -171,7 +177,7 @@ def test_report_of_a_partial_workdir_says_incomplete(tmp_path, capsys):
     wd = tmp_path / "wd"
     cfg = _cfg()
     check_workdir(cfg, wd)
-    pipeline._write_json(wd / "data.json", pipeline.check_config(cfg, source=False).describe(cfg))
+    write_data(wd, builders.check_config(cfg, source=False).describe(cfg))
     assert cli.main(["report", "--workdir", str(wd)]) == 0
     assert "incomplete: meta-train, search, train not finished" in capsys.readouterr().out
     text = (wd / "report" / "report.md").read_text()

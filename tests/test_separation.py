@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metanas_jax import data, pipeline, spaces
+from metanas_jax import builders, data, pipeline, spaces
 from metanas_jax import search as S
 from metanas_jax.config import apply_overrides, load_config
+from metanas_jax.workdir import evaluator_warnings
 
 
 def _ds(images, labels, names):
@@ -60,15 +61,15 @@ def _default(*overrides):
 def test_pipeline_refuses_a_target_inside_the_source():
     # the embedded default is leak-free: digits 0-4 as source, 5-9 as target
     cfg = _default()
-    prep = pipeline.prepare(cfg)
-    src = pipeline.source_dataset(cfg, prep)
+    prep = builders.prepare(cfg)
+    src = builders.source_dataset(cfg, prep)
     assert set(src.class_names).isdisjoint(prep.target.train.class_names)
     for overrides, match in [
             (["data.source_classes=", "data.target_classes="], "same dataset.*disjoint"),
             (["data.source_classes=0-5"], r"share classes \['5'\]")]:
         cfg = _default(*overrides)
         with pytest.raises(ValueError, match=f"source 'digits' and target 'digits'.*{match}"):
-            pipeline.source_dataset(cfg, pipeline.prepare(cfg))
+            builders.source_dataset(cfg, builders.prepare(cfg))
 
 
 def test_pipeline_content_check_catches_a_copy_under_another_name(tmp_path):
@@ -82,7 +83,7 @@ def test_pipeline_content_check_catches_a_copy_under_another_name(tmp_path):
     cfg = _default(f"data.source=folder:{tmp_path}", "data.source_classes=",
                    "data.target_classes=", "data.n_classes=10")
     with pytest.raises(ValueError, match=r"target 'digits' are not kept apart: \d+ of the target's \d+ test"):
-        pipeline.source_dataset(cfg, pipeline.prepare(cfg))
+        builders.source_dataset(cfg, builders.prepare(cfg))
 
 
 def test_folds_partition_the_tasks():
@@ -149,10 +150,10 @@ def test_evaluator_meta_training_stays_finite_on_quantized_scores():
 def test_meta_train_warnings():
     ok = {"experience_mean_acc": 0.4, "chance": 0.1, "evaluator_loss": [3.0, 2.0, 1.5, 1.0],
           "cv": {"k": 5, "top_k": 1, "mean": {"after": 0.3, "regret_after": 0.01, "regret_random": 0.05}}}
-    assert pipeline.evaluator_warnings(ok) == []
+    assert evaluator_warnings(ok) == []
     bad = {"experience_mean_acc": 0.12, "chance": 0.1, "evaluator_loss": [3.0, 5.0, 50.0, 228.0],
            "cv": {"k": 5, "top_k": 1, "mean": {"after": -0.05, "regret_after": 0.06, "regret_random": 0.05}}}
-    w = " / ".join(pipeline.evaluator_warnings(bad))
+    w = " / ".join(evaluator_warnings(bad))
     for part in ("near chance", "rose from", "tau after adaptation -0.050 <= 0", "no better than random"):
         assert part in w, part
 
@@ -167,7 +168,7 @@ def test_transfer_config_end_to_end_tiny(shared_data, tmp_path):
                           "meta.cv_folds=0", "meta.es_iterations=1", "meta.es_population=2",
                           "search.budget=5", "search.methods=meta,random", "data.target_val=50",
                           "runtime.progress=False", "runtime.tensorboard=off"])
-    prep = pipeline.prepare(cfg)
+    prep = builders.prepare(cfg)
     assert prep.target.train.num_classes == 10 and prep.target.train.image_shape == (16, 16, 3)
     meta = pipeline.meta_train(cfg, tmp_path, prep)
     # (cross-validation in the main job: tests/test_cli.py; here it would double the time)
