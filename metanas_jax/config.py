@@ -152,6 +152,13 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: unreadable stored config ({e})") from e
         a, b = _flatten(result_part(old)), _flatten(result_part(new))
+        # a key added to the library since the workdir was made is compatible when it holds
+        # the default config's value (what the old code did before it became a key)
+        try:
+            defaults = _flatten(result_part(to_dict(load_config())))
+        except (FileNotFoundError, ValueError):  # no configs/ next to an installed package
+            defaults = {}
+        a.update({k: b[k] for k in set(b) - set(a) if k in defaults and defaults[k] == b[k]})
         diff = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
         if diff:
             shown = ", ".join(f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}" for k in diff[:6])

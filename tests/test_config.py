@@ -52,6 +52,18 @@ def test_incompatible_workdir(tmp_path, capsys):
     assert rc == 2 and "incompatible" in capsys.readouterr().err
 
 
+def test_workdir_of_an_older_version_resumes_when_new_keys_hold_their_defaults(tmp_path):
+    cfg = load_config()
+    check_workdir(cfg, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["meta"]["evaluator_lr"]  # as written before the key existed
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_workdir(cfg, tmp_path)        # the default value: what the old code used
+    apply_overrides(cfg, ["meta.evaluator_lr=0.01"])
+    with pytest.raises(ValueError, match="meta.evaluator_lr"):
+        check_workdir(cfg, tmp_path)
+
+
 def test_stage_order(tmp_path, capsys):
     rc = cli.main(["train", "--workdir", str(tmp_path), "--no-progress"])
     assert rc == 2 and "needs stage" in capsys.readouterr().err
