@@ -3,10 +3,12 @@ derived cell of a saved meta-architecture (fresh weights) for a short budget, th
 
     python benchmarks/derived_probe.py --config configs/omniglot_5w1s.py:darts_derived \
         --arch-from benchmarks/results/omniglot_5w1s_darts_derived.json --budget 240 \
-        --episodes 200 [--set derive.meta.meta_lr=0.003 --set derive.model.channels=16 ...]
+        --episodes 200 [--config.derive.meta.meta_lr=0.003 --config.derive.model.channels=16 ...]
 
 The architecture is ``result.meta_arch_json`` of an ``omniglot_fewshot.py`` result; the
-stage is the config's ``derive`` section with the ``--set`` overrides. The supernet's
+stage is the config's ``derive`` section with the ``--config.KEY=VALUE`` overrides
+(type-checked on the locked config, as in ``omniglot_fewshot.py``; ``--set KEY=VALUE`` is
+the same). The supernet's
 weights are not in the result, so ``derive.inherit`` is ignored: the weights start fresh
 (inherited ones learned hardly faster, see ``configs/omniglot_5w1s.py``). The meta-test
 uses the config's test episodes (the first ``--episodes`` of them), so probes compare on
@@ -26,19 +28,18 @@ import jax  # noqa: E402
 
 from metanas_jax.spaces import Arch  # noqa: E402
 from omniglot_fewshot import (build_learner, build_pools, derived_stage, load_config,  # noqa: E402
-                              meta_test, train_stage)
+                              meta_test, parse_args, train_stage)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg] with a derive section")
     ap.add_argument("--arch-from", required=True, help="result JSON of omniglot_fewshot.py")
-    ap.add_argument("--set", action="append", default=[], help="override, e.g. derive.meta.meta_lr=0.003")
     ap.add_argument("--budget", type=float, default=240.0,
                     help="meta-training seconds (or derive.num_steps meta-steps, if fewer)")
     ap.add_argument("--episodes", type=int, default=200, help="meta-test episodes")
-    args = ap.parse_args(argv)
-    c = load_config(args.config, args.set)
+    args, overrides = parse_args(ap, argv)
+    c = load_config(args.config, overrides)
     if not c.get("derive"):
         raise ValueError(f"--config {args.config} has no derive section (no second stage to probe)")
     with open(args.arch_from) as f:
@@ -62,7 +63,7 @@ def main(argv=None):
     print(f"command: python {' '.join([os.path.relpath(__file__)] + sys.argv[1:])}\n"
           f"derived cell {arch}\ncompile {rec['compile_s']:.0f}s, {rec['meta_steps']} meta-steps "
           f"in {rec['train_s']:.0f}s; training query accuracy by step: {curve}\n"
-          f"PROBE {' '.join(args.set) or '(config as is)'}: meta-test {100 * res['accuracy']:.2f} "
+          f"PROBE {' '.join(overrides) or '(config as is)'}: meta-test {100 * res['accuracy']:.2f} "
           f"+- {100 * res['ci95']:.2f}% over {res['episodes']} episodes ({time.time() - t:.0f}s)",
           flush=True)
     return res

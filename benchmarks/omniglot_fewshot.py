@@ -1,11 +1,12 @@
 """Meta-train on a few-shot benchmark within a wall-clock budget, then meta-test.
 
     python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
-        [--set train.time_budget_s=600 --set meta.algorithm=fomaml ...] --out /tmp/result.json \
+        [--config.train.time_budget_s=600 --config.meta.algorithm=fomaml ...] \
+        --out /tmp/result.json \
         [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
     # choose evaluation settings on the validation pool, not the test classes:
-    python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run --set eval.split=val \
-        --set eval.inner_steps=5
+    python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run \
+        --config.eval.split=val --config.eval.inner_steps=5
     # meta-batch split over 8 devices (and hosts: --coordinator H:P --num-processes N --process-id I)
     python benchmarks/omniglot_fewshot.py --config ... --mesh auto
 
@@ -16,13 +17,17 @@ supernet's search (weights + architecture), then the derived cell's weights alon
 Prints training progress and the meta-test accuracy with its 95% interval over the
 config's fixed test episodes; writes a JSON with the result, the config, the timings and
 the command line (the README table is made from these files).
+
+Overrides ``--config.SECTION.KEY=VALUE`` are those of the ``metanas`` CLI: applied to the
+locked config (``metanas_jax.config``), so an unknown key or a value of the wrong type is a
+``ValueError`` naming the key. ``--set KEY=VALUE`` (the recorded commands of older results)
+is the same override; ``--set`` ones are applied first.
 """
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -38,6 +43,19 @@ import numpy as np  # noqa: E402
 
 from metanas_jax import data, meta, parallel, spaces  # noqa: E402
 from metanas_jax.checkpoint import StageCheckpoints  # noqa: E402
+from metanas_jax.cli import config_overrides  # noqa: E402
+from metanas_jax.config import apply_overrides  # noqa: E402
+from metanas_jax.config import load_config as _load_locked  # noqa: E402
+
+# (not scan_unroll: "auto" or an int, and an override keeps a str key a str)
+META_DEFAULTS = {f.name: f.default for f in dataclasses.fields(meta.MetaConfig)
+                 if f.default is not dataclasses.MISSING and f.name != "scan_unroll"}
+# Keys an older config lacked, with what the script then used: a saved stage without the key
+# agrees with a config holding that value (see ``train_stage``).
+IMPLICIT_DEFAULTS = {"data.fractions": [0.64, 0.16, 0.2], "model.nodes": 4,
+                     "model.stem_stride": 1, "train.n_query_train": None,
+                     "derive.n_query_train": None, "eval.split": "test", "eval.inner_steps": None,
+                     **{f"meta.{k}": v for k, v in json.loads(json.dumps(META_DEFAULTS, default=list)).items()}}
 
 
 def jsonable(obj):
@@ -46,25 +64,33 @@ def jsonable(obj):
 
 
 def load_config(spec: str, overrides: list[str]):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set wants key=value, got {item!r}")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    """The locked config of ``spec`` (``configs/FILE.py[:arg]``) with ``overrides``
+    (``["eval.split=val", ...]``) applied as the ``metanas`` CLI does: an unknown key or a
+    value of the wrong type is a ``ValueError`` naming the key. ``meta`` gets every
+    ``meta.MetaConfig`` field the file leaves out, at its default (what the meta-config then
+    holds anyway), so ``--config.meta.query_norm=support`` is a known key."""
+    cfg = _load_locked(spec)
+    with cfg.unlocked():
+        for k, v in META_DEFAULTS.items():
+            if k not in cfg.meta:
+                cfg.meta[k] = v
+    return apply_overrides(cfg, overrides)
+
+
+def parse_args(ap: argparse.ArgumentParser, argv=None):
+    """``(args, overrides)``: ``ap`` (given a ``--set`` option here) parsed from ``argv``,
+    overrides the ``--set KEY=VALUE`` ones then the ``--config.KEY=VALUE`` ones."""
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, the same as --config.KEY=VALUE")
+    args, rest = ap.parse_known_args(argv)
+    return args, list(args.set) + config_overrides(rest, ap.error)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def build_pools(c):
@@ -120,7 +146,8 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
     per class for this stage's training episodes.
     Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
     d = c.data
-    n_query = t.get("n_query_train", d.n_query_train)
+    n_query = t.get("n_query_train")
+    n_query = d.n_query_train if n_query is None else n_query
 
     def sample(k):
         return data.sample_episodes(k, pool, d.n_way, d.k_shot, n_query, meta_batch)
@@ -129,8 +156,12 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
     latest = ck.latest() if ck else None
     if latest is not None:  # meta-trained before: restore
         _, saved, rec = latest
-        relevant = lambda cfg: {k: v for k, v in cfg.items() if k not in ignore}
-        if relevant(rec["config"]) != relevant(jsonable(c.to_dict())):
+        relevant = lambda cfg: {k: v for k, v in _flat(cfg).items()
+                                if k.split(".")[0] not in ignore}
+        old, new = relevant(rec["config"]), relevant(jsonable(c.to_dict()))
+        old.update({k: new[k] for k in set(new) - set(old)  # a key added since, at its old value
+                    if k in IMPLICIT_DEFAULTS and IMPLICIT_DEFAULTS[k] == new[k]})
+        if old != new:
             raise ValueError(f"--workdir {workdir}: its {name} was meta-trained with another "
                              f"config (outside {', '.join(ignore)}); use a new workdir")
         state = jax.tree.unflatten(jax.tree.structure(state),
@@ -211,7 +242,6 @@ def eval_pool(c, val_pool, test_pool):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
-    ap.add_argument("--set", action="append", default=[], help="override, e.g. train.time_budget_s=600")
     ap.add_argument("--out", default=None, help="result JSON path")
     ap.add_argument("--workdir", default=None,
                     help="save the meta-trained state here (Orbax, atomic) before the meta-test; "
@@ -220,10 +250,11 @@ def main(argv=None):
                     help="devices the meta-batch's tasks are split over: 'auto' (all, of every "
                          "process) or a number; 1 (default): one device, unsharded")
     parallel.add_distributed_flags(ap)
-    args = ap.parse_args(argv)
+    ap.epilog = "Config overrides: --config.SECTION.KEY=VALUE (or --set KEY=VALUE), type-checked."
+    args, overrides = parse_args(ap, argv)
     parallel.initialize(args=args)  # before any JAX computation
     mesh = parallel.mesh_from_config(args.mesh)
-    c = load_config(args.config, args.set)
+    c = load_config(args.config, overrides)
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
     print(c, flush=True)
 

@@ -13,7 +13,11 @@ config's seeded ones, the first ``--episodes``) four ways:
   construction: each prediction depends on its query alone).
 
     nice -n 19 python benchmarks/query_norm.py --config configs/omniglot_5w1s.py \
-        --budget 360 --episodes 200 --out benchmarks/results/omniglot_5w1s_conv4_query_norm.json
+        --budget 360 --episodes 200 --out benchmarks/results/omniglot_5w1s_conv4_query_norm.json \
+        [--config.meta.query_norm=support ...]
+
+Config overrides ``--config.SECTION.KEY=VALUE`` (or ``--set KEY=VALUE``) are type-checked on
+the locked config, as in ``omniglot_fewshot.py``; ``--budget`` sets ``train.time_budget_s``.
 
 Writes a JSON with the four accuracies (95% intervals), the command, the machine and its
 load (``/proc/loadavg`` before and after).
@@ -34,7 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metanas_jax import data, meta  # noqa: E402
-from omniglot_fewshot import build_learner, build_pools, load_config, train_stage  # noqa: E402
+from omniglot_fewshot import (build_learner, build_pools, load_config, parse_args,  # noqa: E402
+                              train_stage)
 
 
 def loadavg() -> str:
@@ -67,12 +72,11 @@ def make_alone_scorer(learner, cfg, steps):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/omniglot_5w1s.py", help="configs/FILE.py[:arg]")
-    ap.add_argument("--set", action="append", default=[], help="override, e.g. meta.query_norm=support")
     ap.add_argument("--budget", type=float, default=300.0, help="meta-training seconds")
     ap.add_argument("--episodes", type=int, default=200, help="meta-test episodes")
     ap.add_argument("--out", default=None, help="result JSON path")
-    args = ap.parse_args(argv)
-    c = load_config(args.config, args.set + [f"train.time_budget_s={args.budget}"])
+    args, overrides = parse_args(ap, argv)
+    c = load_config(args.config, overrides + [f"train.time_budget_s={args.budget}"])
     if c.model.name != "conv4":
         raise ValueError(f"query_norm.py measures conv4 configs, got model {c.model.name!r}")
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])

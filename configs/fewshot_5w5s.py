@@ -13,6 +13,7 @@ searches a DARTS cell too (MetaNAS' MiniImageNet setting, reduced in width).
 import os
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
@@ -27,7 +28,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         image_size=32, n_way=5, k_shot=5, n_query_train=15, n_query_test=15, meta_batch=4,
         split_seed=0))
     c.model = ml_collections.ConfigDict(dict(name=model, channels=32, downsample="pool",
-                                             cells=3, conv_impl="auto"))
+                                             cells=3, nodes=4, stem_stride=1, conv_impl="auto"))
     c.meta = ml_collections.ConfigDict(dict(
         algorithm="maml", inner_steps=5, eval_inner_steps=10, inner_lr=0.01, inner_opt="sgd",
         meta_lr=1e-3, meta_opt="adam", strategy="auto"))
@@ -36,6 +37,8 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         c.meta.update(dict(algorithm="fomaml", arch_update="alternating", arch_inner_lr=0.1,
                            arch_meta_lr=3e-4, arch_weight_decay=1e-3, arch_warmup_steps=500))
     c.train = ml_collections.ConfigDict(dict(num_steps=60000, time_budget_s=55 * 60.0,
-                                             log_every=100, seed=0))
-    c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=20))
+                                             log_every=100, seed=0,
+                                             n_query_train=placeholder(int)))
+    c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=20, split="test",
+                                            inner_steps=placeholder(int)))
     return c

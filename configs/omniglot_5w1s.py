@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 # ``../shared/data/omniglot`` next to the project root, unless METANAS_OMNIGLOT says otherwise.
 OMNIGLOT = os.environ.get(
@@ -37,7 +38,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         split_seed=0))
     c.model = ml_collections.ConfigDict(dict(name=model.split("_")[0], channels=64,
                                              downsample="stride", cells=3, nodes=4,
-                                             conv_impl="auto"))
+                                             stem_stride=1, conv_impl="auto"))
     # MAML (Finn et al. 2017), Omniglot 5-way: one inner SGD step of 0.4, meta-batch 32,
     # Adam 1e-3; evaluated with 3 inner steps.
     c.meta = ml_collections.ConfigDict(dict(
@@ -51,8 +52,10 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         c.model.update(dict(channels=8, nodes=3))
         c.data.meta_batch = 8
         c.meta.update(dict(algorithm="fomaml", arch_warmup_steps=100))
+    # n_query_train: query images per class of the training episodes, None: data's
     c.train = ml_collections.ConfigDict(dict(num_steps=60000, time_budget_s=55 * 60.0,
-                                             log_every=100, seed=0))
+                                             log_every=100, seed=0,
+                                             n_query_train=placeholder(int)))
     if model == "darts_derived":
         # two stages in the same hour: search with the supernet (weights + architecture),
         # then meta-train the derived cell's weights alone, 2.8x faster per step than the
@@ -86,10 +89,13 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
             n_query_train=3,
             meta=dict(algorithm="fomaml", meta_lr=3e-3, meta_lr_schedule="cosine",
                       meta_lr_decay_steps=steps, learn_inner_lr=True), model=dict(channels=32)))
-    c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=50))
+    # split: "test" (what results report) or "val" (the validation pool, for choosing
+    # evaluation settings); inner_steps: None, the meta-config's eval_inner_steps
+    c.eval = ml_collections.ConfigDict(dict(episodes=600, seed=1234, batch_size=50, split="test",
+                                            inner_steps=placeholder(int)))
     if model == "darts_derived":
         # 10 inner steps at meta-test, chosen on the validation pool, not the test classes
-        # (`--set eval.split=val`: the last 100 meta-training characters, unrotated; 600
+        # (`--config.eval.split=val`: the last 100 meta-training characters, unrotated; 600
         # episodes of the trained cell): 97.64% / 97.71% / 97.85% with 3 / 5 / 10 steps
         # (95.13% / 95.32% / 95.53% with the fixed inner rate).
         c.eval.inner_steps = 10

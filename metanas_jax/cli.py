@@ -45,6 +45,14 @@ def parse_args(argv):
     from metanas_jax.parallel import add_distributed_flags
     add_distributed_flags(ap)
     args, rest = ap.parse_known_args(argv)
+    return args, config_overrides(rest, ap.error)
+
+
+def config_overrides(rest, error):
+    """``["search.budget=50", ...]`` from the arguments ``rest`` that argparse left
+    (``--config.SECTION.KEY=VALUE`` or ``--config.SECTION.KEY VALUE``), for
+    :func:`metanas_jax.config.apply_overrides`; anything else goes to ``error(message)``
+    (``ArgumentParser.error``, which exits)."""
     overrides = []
     it = iter(rest)
     for item in it:
@@ -54,11 +62,11 @@ def parse_args(argv):
                 try:
                     body = f"{body}={next(it)}"
                 except StopIteration:
-                    ap.error(f"override {item} has no value")
+                    error(f"override {item} has no value")
             overrides.append(body)
         else:
-            ap.error(f"unrecognized argument {item!r}")
-    return args, overrides
+            error(f"unrecognized argument {item!r}")
+    return overrides
 
 
 def main(argv=None) -> int:
