@@ -47,9 +47,9 @@ from metanas_jax.cli import config_overrides  # noqa: E402
 from metanas_jax.config import apply_overrides  # noqa: E402
 from metanas_jax.config import load_config as _load_locked  # noqa: E402
 
-# (not scan_unroll: "auto" or an int, and an override keeps a str key a str)
+# (scan_unroll: "auto" or an int; an override of it arrives as text, which MetaConfig reads)
 META_DEFAULTS = {f.name: f.default for f in dataclasses.fields(meta.MetaConfig)
-                 if f.default is not dataclasses.MISSING and f.name != "scan_unroll"}
+                 if f.default is not dataclasses.MISSING}
 # Keys an older config lacked, with what the script then used: a saved stage without the key
 # agrees with a config holding that value (see ``train_stage``).
 IMPLICIT_DEFAULTS = {"data.fractions": [0.64, 0.16, 0.2], "model.nodes": 4,

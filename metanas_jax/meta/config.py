@@ -100,6 +100,9 @@ class MetaConfig:
         for name in ("inner_steps", "eval_inner_steps"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be >= 1")
+        if isinstance(self.scan_unroll, str) and self.scan_unroll.isdigit():
+            # a config override of the "auto" string key arrives as text: "2" means 2
+            object.__setattr__(self, "scan_unroll", int(self.scan_unroll))
         if self.scan_unroll != "auto" and (isinstance(self.scan_unroll, (bool, str))
                                            or int(self.scan_unroll) < 1):
             bad("scan_unroll", "must be 'auto' or an int >= 1")
