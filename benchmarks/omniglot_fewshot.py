@@ -308,11 +308,18 @@ def main(argv=None):
            "search": search if two_stage else None,
            "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count(),
            "devices": 1 if mesh is None else int(mesh.size), "processes": jax.process_count()}
-    if args.out and parallel.is_primary():
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1, default=lambda o: np.asarray(o).tolist())
-        print(f"wrote {args.out}", flush=True)
+    if parallel.is_primary():
+        write_result(args.out, out)
     return out
+
+
+def write_result(path, out: dict) -> None:
+    """``out`` as JSON at ``path`` (numpy / jax values as lists); nothing when ``path`` is empty."""
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, default=lambda o: np.asarray(o).tolist())
+    print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

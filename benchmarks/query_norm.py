@@ -25,7 +25,6 @@ load (``/proc/loadavg`` before and after).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from metanas_jax import data, meta  # noqa: E402
 from omniglot_fewshot import (build_learner, build_pools, load_config, parse_args,  # noqa: E402
-                              train_stage)
+                              train_stage, write_result)
 
 
 def loadavg() -> str:
@@ -124,10 +123,7 @@ def main(argv=None):
                                            "backend": jax.default_backend(),
                                            "jax": jax.__version__},
            "loadavg_before": load_before, "loadavg_after": loadavg()}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1, default=lambda o: np.asarray(o).tolist())
-        print(f"wrote {args.out}", flush=True)
+    write_result(args.out, out)
     return out
 
 
