@@ -4,7 +4,8 @@
 The network is built from the architecture string as ``metanas_jax.nn.MacroNet`` builds it:
 stem conv (``stem_kernel``, no bias) -> BN -> ReLU, then per layer the op (conv-BN-ReLU with
 stride 2 for ``/2``; ``identity`` and ``max_pool3x3`` parameter-free, channels zero-padded
-to the width), ``+res`` adding the strided, zero-padded input, then mean pooling and a linear
+to the width), ``+res`` adding the strided, zero-padded input (in a ``reduction="pool"``
+space: op and shortcut at stride 1, their sum 2x2 max-pooled), then mean pooling and a linear
 head. The step: SGD with Nesterov momentum and weight decay on label-smoothed cross
 entropy, channels-last memory, float32 or bfloat16 autocast, ``--threads`` threads.
 Needs only torch (no jax), so it runs in any interpreter that has torch:
@@ -31,7 +32,7 @@ def parse(arch: str):
     return layers
 
 
-def build(torch, layers, stem_width, stem_kernel, num_classes=10):
+def build(torch, layers, stem_width, stem_kernel, num_classes=10, reduction="stride"):
     nn = torch.nn
     F = torch.nn.functional
 
@@ -65,20 +66,20 @@ def build(torch, layers, stem_width, stem_kernel, num_classes=10):
             self.spec = []
             c = stem_width
             for op, width, res, down in layers:
-                s = 2 if down else 1
+                s = 2 if down and reduction == "stride" else 1
                 if op in ("conv3x3", "conv5x5"):
                     self.ops.append(ConvBN(c, width, int(op[4]), s))
                 elif op in ("identity", "max_pool3x3"):
                     self.ops.append(nn.Identity())
                 else:
                     raise SystemExit(f"torch_train: op {op!r} not written here")
-                self.spec.append((op, width, res, s))
+                self.spec.append((op, width, res, s, down and reduction == "pool"))
                 c = width
             self.head = nn.Linear(c, num_classes)
 
         def forward(self, x):
             x = self.stem(x)
-            for module, (op, width, res, s) in zip(self.ops, self.spec):
+            for module, (op, width, res, s, pool) in zip(self.ops, self.spec):
                 if op == "identity":
                     y = fit(x[:, :, ::s, ::s], width)
                 elif op == "max_pool3x3":
@@ -87,16 +88,18 @@ def build(torch, layers, stem_width, stem_kernel, num_classes=10):
                     y = module(x)
                 if res:
                     y = y + fit(x[:, :, ::s, ::s], width)
-                x = y
+                x = F.max_pool2d(y, 2, 2, ceil_mode=True) if pool else y
             return self.head(x.mean((2, 3)))
     return Net()
 
 
-def bench(arch, stem_width=24, stem_kernel=2, batch=512, dtype="f32", repeats=5, threads=2):
+def bench(arch, stem_width=24, stem_kernel=2, batch=512, dtype="f32", repeats=5, threads=2,
+          reduction="stride"):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = build(torch, parse(arch), stem_width, stem_kernel).to(memory_format=torch.channels_last)
+    net = build(torch, parse(arch), stem_width, stem_kernel, reduction=reduction).to(
+        memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
@@ -134,7 +137,8 @@ def main():
     a = ap.parse_args()
     space = json.loads(a.space)
     print(json.dumps(bench(a.arch, int(space.get("stem_width", 16)), int(space.get("stem_kernel", 3)),
-                           a.batch, a.dtype, a.repeats, a.threads)))
+                           a.batch, a.dtype, a.repeats, a.threads,
+                           space.get("reduction", "stride"))))
 
 
 if __name__ == "__main__":

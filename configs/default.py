@@ -20,6 +20,7 @@ def get_config(arg=None):
     c.space.widths = (8, 16)
     c.space.stem_width = 8
     c.space.stem_kernel = 3           # 2: a stem that train.whiten_stem can make a patch-whitening layer
+    c.space.reduction = "stride"      # how a downsampling layer halves: "stride" (stride-2 op) or "pool" (op, then 2x2 max-pool)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"          # data.load spec of the meta-training source
@@ -95,6 +96,9 @@ def get_config(arg=None):
     c.train.tta = "none"              # test-time augmentation: "none", "flip", "flip_shift"
     c.train.whiten_stem = False       # frozen patch-whitening stem (needs space.stem_kernel = 2)
     c.train.conv_impl = "auto"        # "auto" (matmul on CPU, xla elsewhere), "xla", "matmul"
+    c.train.freeze_norm_scale = False # batch-norm scales stay one (airbench)
+    c.train.norm_bias_lr_scale = 1.0  # batch-norm biases step lr x this (airbench: 64)
+    c.train.head_lr_scale = 1.0       # the classifier steps lr x this
 
     c.runtime = ml_collections.ConfigDict()  # never affects results
     c.runtime.progress = True

@@ -13,7 +13,7 @@ test images at run time.
 each candidate 5 full-batch Adam steps on 64 images and scored on 256 (source) or 1,000
 (target) validation images, 50 evaluations per method, 4 epochs of final training.
 ``full``: the design's sizes: 32x32, the CIFAR space of ``spaces.CIFAR_SPACE`` (widths
-32-256, a 2x2 stem that the fast recipe whitens), 100 tasks of 64 train / 16 val x 64
+32-256, a 2x2 stem that the fast recipe whitens, convolution-then-pool downsampling), 100 tasks of 64 train / 16 val x 64
 architectures, 200 evaluations, final training with the fast recipe
 (``train.RECIPES["fast"]``, 20 epochs); ``cifar10_reference.py`` trains 300 epochs with the
 standard recipe instead.
@@ -89,6 +89,7 @@ def get_config(arg="cpu"):
         c.space.widths = spaces.CIFAR_SPACE["widths"]
         c.space.stem_width = spaces.CIFAR_SPACE["stem_width"]
         c.space.stem_kernel = spaces.CIFAR_SPACE["stem_kernel"]
+        c.space.reduction = spaces.CIFAR_SPACE["reduction"]
         c.meta.archs_per_task = 64
         c.meta.train_steps = 50
         c.meta.chunk = 64

@@ -74,7 +74,8 @@ def prepare(cfg) -> Prepared:
         raise ValueError(f"space.name: the pipeline supports 'macro32' so far, got {cfg.space.name!r}")
     space = spaces.get(cfg.space.name, layers=int(cfg.space.layers), ops=tuple(cfg.space.ops),
                        widths=tuple(cfg.space.widths), stem_width=int(cfg.space.stem_width),
-                       stem_kernel=int(cfg.space.stem_kernel))
+                       stem_kernel=int(cfg.space.stem_kernel),
+                       reduction=str(cfg.space.get("reduction", "stride")))
     size = int(cfg.data.image_size) or None
     tr = data.load(cfg.data.target, split="train", image_size=size)
     te = data.load(cfg.data.target, split="test", image_size=size)

@@ -9,6 +9,8 @@ from metanas_jax import spaces
 # small settings: the networks are the real ones, only narrower and shallower
 CASES = {
     "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
+    # conv then 2x2 max-pool; 12x12 inputs reach odd levels (3x3 -> 2x2)
+    "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool"), {}),
     "nb201": (spaces.get("nb201"), dict(channels=4, cells_per_stage=1)),
     "darts": (spaces.get("darts", nodes=2), dict(channels=4, cells=3, stem_multiplier=2)),
 }
@@ -91,9 +93,10 @@ def test_bad_inputs():
         mnn.build(space, other.decode(other.sample(jax.random.key(0), 1)[0]), 5)
 
 
-def test_hard_supernet_equals_compact_and_compiles_once():
+@pytest.mark.parametrize("name", ["macro32", "macro32_pool"])
+def test_hard_supernet_equals_compact_and_compiles_once(name):
     """macro32's hard mode (only the chosen op runs) == compact network, one program."""
-    space, kw = CASES["macro32"]
+    space, kw = CASES[name]
     sup = mnn.supernet(space, 5, **kw)
     hard = mnn.supernet(space, 5, hard=True, **kw)
     variables = mnn.init(hard, jax.random.key(2), X)

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metanas_jax import data, spaces
@@ -109,7 +110,9 @@ def test_load_model_bad_dir(tmp_path):
     (dict(tta="rotate"), "train.tta"), (dict(conv_impl="fft"), "train.conv_impl"),
     (dict(ema=1.0), "train.ema"), (dict(lr=float("nan")), "train.lr"),
     (dict(weight_decay=float("inf")), "train.weight_decay"), (dict(momentum=-0.1), "train.momentum"),
-    (dict(tta="flip", flip=False), "train.flip"), (dict(epochs=0), "train.epochs")])
+    (dict(tta="flip", flip=False), "train.flip"), (dict(epochs=0), "train.epochs"),
+    (dict(norm_bias_lr_scale=0.0), "train.norm_bias_lr_scale"),
+    (dict(head_lr_scale=float("nan")), "train.head_lr_scale")])
 def test_bad_train_config(bad, match):
     with pytest.raises(ValueError, match=match):
         T.FinalTrainConfig(**bad)
@@ -122,6 +125,44 @@ def test_recipes_and_config_keys():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_typo'\]"):
         T.FinalTrainConfig.from_config(ml_collections.ConfigDict({"epochs": 2, "lr_typo": 1.0}))
     assert T.FinalTrainConfig.recipe("fast", epochs=3).epochs == 3
+
+
+def test_parameter_groups_scale_steps_not_decay(setup):
+    """airbench's groups: frozen norm scales and whitened stem stay; a group's gradient step
+    is lr x its scale, while every group shrinks by the same factor per step."""
+    space, arch, target, _ = setup
+    space = dataclasses.replace(space, stem_kernel=2)
+    arch = space.make_arch(arch.choices)
+    cfg = T.FinalTrainConfig(epochs=1, schedule="cosine", warmup_epochs=0, lr=0.1, momentum=0.0,
+                             weight_decay=0.01, whiten_stem=True, freeze_norm_scale=True,
+                             norm_bias_lr_scale=4.0, head_lr_scale=0.5)
+    net, tx, _ = T.setup(space, arch, target.train, cfg)
+    params = T.create_state(net, jax.random.key(0), target.train.image_shape, tx, cfg).params
+    params = jax.tree.map(lambda a: a + 1.0, params)  # no zeros: decay shows everywhere
+    groups = {k: T.param_group(k, cfg) for k in T.traverse_util.flatten_dict(params)}
+    assert groups[("stem", "conv", "kernel")] == "frozen"
+    assert groups[("stem", "norm", "scale")] == "frozen"
+    assert groups[("stem", "norm", "bias")] == "norm_bias"
+    assert groups[("head", "kernel")] == groups[("head", "bias")] == "head"
+    assert "train" in groups.values()
+
+    def step(grad_value):
+        grads = jax.tree.map(lambda a: jnp.full_like(a, grad_value), params)
+        upd, _ = tx.update(grads, tx.init(params), params)
+        return T.traverse_util.flatten_dict(upd)
+    decay, push = step(0.0), step(1.0)
+    flat = T.traverse_util.flatten_dict(params)
+    for k, g in groups.items():
+        shrink = np.asarray(decay[k]) / np.asarray(flat[k])
+        grad_step = np.asarray(push[k]) - np.asarray(decay[k])
+        if g == "frozen":
+            assert not np.any(decay[k]) and not np.any(push[k]), k
+            continue
+        np.testing.assert_allclose(shrink, -0.1 * 0.01, rtol=1e-5)  # lr x weight_decay, any group
+        scale = {"train": 1.0, "norm_bias": 4.0, "head": 0.5}[g]
+        np.testing.assert_allclose(grad_step, -0.1 * scale, rtol=1e-5)
+    plain = T.make_optimizer(T.FinalTrainConfig(), 10)  # no groups: one plain SGD state
+    assert not isinstance(plain.init(params), optax.MultiTransformState)
 
 
 def test_tta_views_and_eval_step(setup):

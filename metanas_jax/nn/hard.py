@@ -16,7 +16,9 @@ each gene's weights) instead of mixing every op:
   padding SAME would add); a stride-2 op is its stride-1 output sampled at rows/columns
   ``2 i + o`` with ``o`` = 1 for an even-sized level, 0 for an odd one (where lax's SAME
   padding centres a stride-2 window), picked with a dynamic slice. Batch norm statistics
-  and the final average pool count only the valid corner.
+  and the final average pool count only the valid corner. In a ``reduction="pool"``
+  space the layer runs at stride 1 and its output is max-pooled 2x2 over the valid corner
+  (windows at rows/columns ``2 i``, ``2 i + 1``).
 
 Every shape is static and the architecture is data: one compiled program serves every
 architecture of the space, and gradients w.r.t. the variables are exact.
@@ -164,6 +166,7 @@ class HardMacroSupernet:
         rows, cols = jnp.arange(hgt), jnp.arange(wid)
         chan = jnp.arange(cmax)
         widths = jnp.asarray(sp.widths, jnp.int32)
+        pool = sp.reduction == "pool"
 
         def valid_at(level):
             return ((rows[:, None] < hs[level]) & (cols[None, :] < ws[level]))[None, :, :, None]
@@ -182,11 +185,15 @@ class HardMacroSupernet:
             down = down_i > 0
             new_level = jnp.minimum(level + down_i, top)
             v_in, v_out = valid_at(level), valid_at(new_level)
-            count = (n * hs[new_level] * ws[new_level]).astype(jnp.float32)
+            # where the op's output lives: the new level, or with "pool" the input's level
+            v_op, op_level = (v_in, level) if pool else (v_out, new_level)
+            count = (n * hs[op_level] * ws[op_level]).astype(jnp.float32)
             # where lax's SAME stride-2 window is centred: odd sizes at 2i, even at 2i + 1
             oh, ow = 1 - hs[level] % 2, 1 - ws[level] % 2
 
             def stride(y, centred=True):
+                if pool:  # the layer runs at stride 1; its output is pooled below
+                    return y
                 return jnp.where(down, _sample2(y, oh, ow) if centred else _sample2(y, 0, 0), y)
 
             def conv_branch(name):
@@ -195,7 +202,7 @@ class HardMacroSupernet:
                 def f(lp, feat):
                     q = lp[name]
                     y = stride(_conv(feat, q["conv"]["kernel"], d))
-                    return jax.nn.relu(_norm(y, q["norm"], v_out, count))
+                    return jax.nn.relu(_norm(y, q["norm"], v_op, count))
                 return f
 
             def sep_branch(name):
@@ -203,7 +210,7 @@ class HardMacroSupernet:
                     q = lp[name]
                     y = _conv(feat, q["depthwise0"]["kernel"], groups=feat.shape[-1])
                     y = stride(_conv(y, q["pointwise0"]["kernel"]))
-                    return jax.nn.relu(_norm(y, q["norm0"], v_out, count))
+                    return jax.nn.relu(_norm(y, q["norm0"], v_op, count))
                 return f
 
             def max_pool(lp, feat):
@@ -228,6 +235,11 @@ class HardMacroSupernet:
                     raise ValueError(f"hard supernet: unknown op {name!r}")
             y = jax.lax.switch(op_i, branches, lp, feat)
             y = y + jnp.where(res_i > 0, stride(feat, centred=False), 0.0).astype(y.dtype)
+            if pool:  # 2x2 max-pool of the valid corner: windows at rows/columns 2i, 2i + 1
+                yp = jnp.where(valid_at(level), y, -jnp.inf)
+                yp = jax.lax.reduce_window(yp, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
+                                           ((0, 0), (0, 1), (0, 1), (0, 0)))
+                y = jnp.where(down, _sample2(yp, 0, 0), y)
             keep = v_out & (chan < widths[width_i])[None, None, None, :]
             return (jnp.where(keep, y, 0.0).astype(feat.dtype), new_level), None
 

@@ -8,8 +8,8 @@ program runs every architecture, and ``jax.vmap`` over encodings runs many at on
   channel mask, the width weights' mixture of ``channel < width``;
 * ``downsample``: the supernet keeps one feature map per resolution level (level ``v`` is
   ``2^v`` times smaller, down to 1x1) with the probability of being at that level; a layer
-  moves mass ``d`` of each level one level down (its stride-2 branch) and keeps ``1 - d``
-  (stride 1).
+  moves mass ``d`` of each level one level down (its stride-2 branch, or in a
+  ``reduction="pool"`` space its stride-1 output max-pooled) and keeps ``1 - d`` (stride 1).
 
 With one-hot weights the supernet computes exactly the compact network whose variables are
 the leading slices of its own (see :func:`metanas_jax.nn.extract`), because masked-out
@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metanas_jax.nn.ops import NORM_STATS, ConvBN, SepConv, fit_channels, max_pool, subsample
+from metanas_jax.nn.ops import NORM_STATS, ConvBN, SepConv, fit_channels, max_pool, pool2, subsample
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.macro32 import Macro32
 
@@ -69,9 +69,10 @@ class MacroNet(nn.Module):
     def __call__(self, x, train: bool = True):
         x = ConvBN(self.space.stem_width, self.space.stem_kernel, track=self.track, dtype=self.dtype,
                    impl=self.conv_impl, name="stem")(x, 1, train)
+        pool = self.space.reduction == "pool"
         for l in range(self.space.layers):
             op, width, res, down = self.space.layer(self.arch, l)
-            stride = 2 if down else 1
+            stride = 2 if down and not pool else 1
             module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype, self.conv_impl)
             if module is None:
                 y = fit_channels(PARAM_FREE[op](x, stride), width)
@@ -79,7 +80,7 @@ class MacroNet(nn.Module):
                 y = module(x, stride, train)
             if res:
                 y = y + fit_channels(subsample(x, stride), width)
-            x = y
+            x = pool2(y) if down and pool else y
         return _head(self.num_classes, jnp.mean(x, axis=(1, 2)), self.dtype)
 
 
@@ -119,14 +120,18 @@ class MacroLayer(nn.Module):
             return out * mask.astype(out.dtype)
 
         d = w["downsample"][1]
+        pool = sp.reduction == "pool"
+        # "pool": a level's stride-1 output, max-pooled, is the next level's stride-2 branch
+        kept = [layer(f, 1) for f in feats] if pool else None
         new_feats, new_mass = [], []
         for v in range(len(feats)):
             last = v == len(feats) - 1
             stay = mass[v] if last else mass[v] * (1 - d)
-            acc = stay * layer(feats[v], 1)
+            acc = stay * (kept[v] if pool else layer(feats[v], 1))
             total = stay
             if v > 0:
-                acc = acc + mass[v - 1] * d * layer(feats[v - 1], 2)
+                down = pool2(kept[v - 1]) if pool else layer(feats[v - 1], 2)
+                acc = acc + mass[v - 1] * d * down
                 total = total + mass[v - 1] * d
             # a level nothing reaches carries zeros (and no NaN gradient)
             new_feats.append(acc / jnp.where(total > 0, total, 1.0))

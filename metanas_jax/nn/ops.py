@@ -162,6 +162,17 @@ def max_pool(x, stride=1):
     return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
 
 
+def pool2(x):
+    """2x2 max-pool, stride 2 (SAME: an odd side keeps its last row/column alone), the
+    downsampling of a ``reduction="pool"`` macro32 space. Written as a reshape and a max:
+    its gradient is elementwise, where ``reduce_window``'s (select-and-scatter) is slow
+    on CPU."""
+    n, h, w, c = x.shape
+    if h % 2 or w % 2:
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+    return jnp.max(x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c), axis=(2, 4))
+
+
 def avg_pool(x, stride=1):
     # count_include_pad=False, as NAS-Bench-201 and DARTS use
     return nn.avg_pool(x, (3, 3), strides=(stride, stride), padding="SAME",

@@ -14,8 +14,12 @@ searchable layers, then global average pooling and a linear classifier. Layer ``
    ops keep their input's channels and are zero-padded or truncated to the width.
 2. ``residual``: ``off`` / ``on``: add the input (strided and zero-padded / truncated to
    the output shape, parameter-free like ResNet's option A) to the op's output.
-3. ``downsample``: ``off`` / ``on``: the op (and the shortcut) run with stride 2. Any
-   number of layers may downsample; past 1x1 a stride-2 layer keeps 1x1.
+3. ``downsample``: ``off`` / ``on``: the layer halves the resolution, as the space's
+   ``reduction`` says: ``"stride"`` (default): the op (and the shortcut) run with stride 2;
+   ``"pool"``: the layer (op plus shortcut) runs at its input's resolution and its output
+   is 2x2 max-pooled, airbench's and VGG's convolution-then-pool (4x the convolution's
+   FLOPs of a strided layer, and more accurate). Any number of layers may downsample;
+   past 1x1 a downsampling layer keeps 1x1.
 
 Why these genes: they are the choices that set a plain CNN's accuracy and cost (op type
 and receptive field, capacity, trainability, resolution schedule), each is independent of
@@ -34,15 +38,19 @@ MACRO_OPS = ("conv3x3", "conv5x5", "sep_conv3x3", "sep_conv5x5", "dil_conv3x3",
              "max_pool3x3", "identity")
 GENES = ("op", "width", "residual", "downsample")
 
+REDUCTIONS = ("stride", "pool")
+
 # A macro32 space wide enough for strong CIFAR-10 networks: 8 layers, widths up to 256, a
 # 2x2 stem of 24 channels that the fast final-training recipe makes a frozen patch-whitening
-# layer (2 x 2x2x3 = 24, airbench's first layer).
-CIFAR_SPACE = dict(layers=8, widths=(32, 64, 128, 256), stem_width=24, stem_kernel=2)
+# layer (2 x 2x2x3 = 24, airbench's first layer), downsampling by convolution then max-pool.
+CIFAR_SPACE = dict(layers=8, widths=(32, 64, 128, 256), stem_width=24, stem_kernel=2,
+                   reduction="pool")
 
 # Hand-designed points of macro32 (8 layers; need conv3x3 and identity among the ops and
 # the widths they name), the baselines a search must beat at the same training budget:
-# ``airbench8`` is airbench94's network (Jordan 2024) with its conv + max-pool pairs as
-# stride-2 convolutions: 64, 256, 256 channels, two convolutions per resolution;
+# ``airbench8`` is airbench94's network (Jordan 2024): 64, 256, 256 channels, two
+# convolutions per resolution, the first followed by the 2x2 max-pool in a ``reduction="pool"``
+# space (airbench's layout; a stride-2 convolution in a ``"stride"`` space);
 # ``resnet8`` a ResNet-like network of residual pairs at 64, 128, 256 channels.
 REFERENCE_ARCHS = {
     "airbench8": "conv3x3-64/2 | conv3x3-64 | conv3x3-256/2 | conv3x3-256 | conv3x3-256/2 | "
@@ -59,6 +67,7 @@ class Macro32(CategoricalSpace):
     widths: tuple[int, ...] = (16, 32, 48, 64)
     stem_width: int = 16
     stem_kernel: int = 3
+    reduction: str = "stride"
     name: str = dataclasses.field(default="macro32", init=False)
     encoding_center = 0.5  # genes live in [0, 1]: 0.5 prefers no choice (not a field)
 
@@ -74,6 +83,8 @@ class Macro32(CategoricalSpace):
             raise ValueError(f"macro32: widths must be positive channel counts, got {self.widths}")
         if self.stem_width < 1:
             raise ValueError(f"macro32: stem_width must be >= 1, got {self.stem_width}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"macro32: reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
         if self.stem_kernel < 1:
             raise ValueError(f"macro32: stem_kernel must be >= 1, got {self.stem_kernel}")
 
