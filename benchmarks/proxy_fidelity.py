@@ -4,7 +4,7 @@ Samples ``--archs`` architectures of the config's space, trains each one long on
 target (the final-training recipe, ``--ref-epochs`` epochs on ``--ref-train`` training
 images: at least 10x the steps of the longest proxy, checked) and scores it on
 ``--val`` validation images; then scores the same architectures with every short proxy
-(full-batch Adam, ``--proxy-steps`` x ``--proxy-images``, the config's ``meta.lr``) on the
+(full-batch Adam, ``--proxy-steps`` x ``--proxy-images``, the config's ``candidate.lr``) on the
 same validation images, and reports per proxy: Kendall tau with the long training, seconds
 per architecture, tau per second, mean accuracy vs chance. The reference scores are kept in
 ``--workdir`` (a rerun resumes).
@@ -91,7 +91,7 @@ def main(argv=None):
         task = tuple(a[0] for a in data.task_batch_from_datasets(sub, val))
         for s in steps:
             name = f"{s} steps x {n} images"
-            proxies[name] = S.TrainConfig(steps=s, lr=float(cfg.meta.lr), chunk=int(cfg.meta.chunk))
+            proxies[name] = S.TrainConfig(steps=s, lr=float(cfg.candidate.lr), chunk=int(cfg.candidate.chunk))
             tasks[name] = task
     res = S.proxy_fidelity(space, None, zs, jax.random.fold_in(key, 2), proxies, ref_scores,
                            num_classes=prep.num_classes, tasks=tasks)

@@ -42,9 +42,6 @@ def get_config(arg=None):
     c.meta = ml_collections.ConfigDict()
     c.meta.method = "evaluator"       # "evaluator": NAS experience + evaluator + strategy ES; or "metanas"
     c.meta.archs_per_task = 6         # architectures trained per NAS task (experience)
-    c.meta.train_steps = 8            # full-batch Adam steps per candidate (experience and search)
-    c.meta.lr = 3e-3
-    c.meta.chunk = 8                  # (task, arch) pairs per compiled call
     c.meta.tasks_per_checkpoint = 3   # experience is checkpointed after this many tasks
     c.meta.evaluator_steps = 50
     c.meta.batch_tasks = 4
@@ -67,6 +64,12 @@ def get_config(arg=None):
         explore=0.25,                 # std of the encoding perturbations around the centre
         arch_init_scale=0.05))        # spread of the initial meta-architecture around the
                                       # space's encoding centre (macro32: 0.5, no choice preferred)
+
+    # how a candidate architecture is trained to score it, in NAS experience and in search
+    c.candidate = ml_collections.ConfigDict()
+    c.candidate.steps = 8             # full-batch Adam steps per candidate
+    c.candidate.lr = 3e-3
+    c.candidate.chunk = 8             # (task, arch) pairs / candidates per compiled call
 
     c.search = ml_collections.ConfigDict()
     c.search.methods = ("meta", "random", "evolution")  # first one gives the final architecture

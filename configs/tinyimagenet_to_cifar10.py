@@ -71,8 +71,8 @@ def get_config(arg="cpu"):
         c.meta.archs_per_task = 8
         # the candidate proxy with the highest Kendall tau per second against a 234-step
         # training in benchmarks/proxy_fidelity.py (20 steps on 64 images overfit: tau ~0)
-        c.meta.train_steps = 5
-        c.meta.lr = 1e-2
+        c.candidate.steps = 5
+        c.candidate.lr = 1e-2
         c.meta.tasks_per_checkpoint = 4
         c.meta.evaluator_steps = 300
         c.meta.es_iterations = 2
@@ -91,8 +91,8 @@ def get_config(arg="cpu"):
         c.space.stem_kernel = spaces.CIFAR_SPACE["stem_kernel"]
         c.space.reduction = spaces.CIFAR_SPACE["reduction"]
         c.meta.archs_per_task = 64
-        c.meta.train_steps = 50
-        c.meta.chunk = 64
+        c.candidate.steps = 50
+        c.candidate.chunk = 64
         c.meta.tasks_per_checkpoint = 10
         c.meta.evaluator_steps = 2000
         c.meta.batch_tasks = 8

@@ -43,9 +43,10 @@ def mesh(cfg):
 
 
 def train_config(cfg) -> S.TrainConfig:
-    """How a candidate is trained to score it (NAS experience and search): ``meta.train_steps``
-    full-batch steps at ``meta.lr``."""
-    return S.TrainConfig(steps=int(cfg.meta.train_steps), lr=float(cfg.meta.lr), chunk=int(cfg.meta.chunk))
+    """How a candidate is trained to score it (NAS experience and search): the
+    ``candidate`` section, ``steps`` full-batch steps at ``lr``."""
+    c = cfg.candidate
+    return S.TrainConfig(steps=int(c.steps), lr=float(c.lr), chunk=int(c.chunk))
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -228,6 +229,32 @@ def make_searcher(cfg, name: str, prep: Prepared, meta_state):
     raise ValueError(f"search.methods: unknown method {name!r}; known: {list(METHODS)}")
 
 
+def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
+    """``(searcher, evaluate, prep)``: search method ``method`` as the search stage of the
+    run in ``workdir`` builds it (its stored config and data, its finished meta-train
+    stage's evaluator and strategy), and the candidate evaluation that stage scores with
+    (``evaluate(zs) -> validation accuracies``, real proxy training on the target's search
+    split). ``search.run_search(searcher, evaluate, n, key)`` continues from there."""
+    from pathlib import Path
+
+    from metanas_jax import workdir as W
+    from metanas_jax.config import stored_config
+    workdir = Path(workdir)
+    cfg = stored_config(workdir)
+    if method not in METHODS:
+        raise ValueError(f"from_workdir: unknown method {method!r}; known: {list(METHODS)}")
+    if METHOD_NEEDS.get(method, cfg.meta.method) != cfg.meta.method:
+        raise ValueError(f"from_workdir: method {method!r} needs a run with meta.method="
+                         f"{METHOD_NEEDS[method]!r}; the run in {str(workdir)!r} has "
+                         f"meta.method={cfg.meta.method!r}")
+    _, meta_state, _ = W.require(workdir, "meta-train", "from_workdir")
+    prep = prep or prepare(cfg)
+    searcher = make_searcher(cfg, method, prep, meta_state)
+    evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys(cfg)["search_eval"],
+                                  num_classes=prep.num_classes, train=train_config(cfg))
+    return searcher, evaluate, prep
+
+
 # -- checks -----------------------------------------------------------------------------------
 def check_search(cfg) -> tuple[str, ...]:
     """``search.methods`` (known, each with the meta-learner it needs) and the search
@@ -256,8 +283,9 @@ def check_meta(cfg) -> None:
     at_least = {"data.num_tasks": (d.num_tasks, 2), "data.n_classes": (d.n_classes, 2),
                 "data.n_train": (d.n_train, 1), "data.n_val": (d.n_val, 1),
                 "meta.tasks_per_checkpoint": (c.tasks_per_checkpoint, 1),
-                "meta.archs_per_task": (c.archs_per_task, 1), "meta.train_steps": (c.train_steps, 1),
-                "meta.chunk": (c.chunk, 1), "meta.evaluator_steps": (c.evaluator_steps, 1),
+                "meta.archs_per_task": (c.archs_per_task, 1),
+                "candidate.steps": (cfg.candidate.steps, 1), "candidate.chunk": (cfg.candidate.chunk, 1),
+                "meta.evaluator_steps": (c.evaluator_steps, 1),
                 "meta.batch_tasks": (c.batch_tasks, 1), "meta.cv_top_k": (c.cv_top_k, 1),
                 "meta.cv_folds": (c.cv_folds, 0), "meta.es_iterations": (c.es_iterations, 1),
                 "meta.es_population": (c.es_population, 1),
@@ -266,8 +294,8 @@ def check_meta(cfg) -> None:
     for key, (v, lo) in at_least.items():
         if int(v) < lo:
             raise ValueError(f"{key} must be >= {lo}, got {v}")
-    if not float(c.lr) > 0:
-        raise ValueError(f"meta.lr (the candidates' training rate) must be > 0, got {c.lr}")
+    if not float(cfg.candidate.lr) > 0:
+        raise ValueError(f"candidate.lr (the candidates' training rate) must be > 0, got {cfg.candidate.lr}")
     if not float(c.evaluator_lr) > 0:
         raise ValueError(f"meta.evaluator_lr must be > 0, got {c.evaluator_lr}")
     if not 0 < float(d.val_fraction) < 1:

@@ -137,6 +137,21 @@ def to_dict(cfg: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(cfg.to_dict(), default=list))
 
 
+# keys moved since a workdir may have been made: old dotted name -> new one
+RENAMED = {"meta.train_steps": "candidate.steps", "meta.lr": "candidate.lr",
+           "meta.chunk": "candidate.chunk"}
+
+
+def migrate(d: dict) -> dict:
+    """A stored config dict with :data:`RENAMED` keys moved to their new names (a workdir
+    made before a rename resumes)."""
+    for old, new in RENAMED.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if isinstance(d.get(osec), dict) and okey in d[osec]:
+            d.setdefault(nsec, {}).setdefault(nkey, d[osec].pop(okey))
+    return d
+
+
 def result_part(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in NON_RESULT_KEYS}
 
@@ -148,7 +163,7 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     new = to_dict(cfg)
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = migrate(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: unreadable stored config ({e})") from e
         a, b = _flatten(result_part(old)), _flatten(result_part(new))
@@ -170,6 +185,31 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(new, indent=1, sort_keys=True))
     tmp.replace(path)
+
+
+def stored_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a run in ``workdir`` was made with (its ``config.json``); keys added to
+    the library since then hold the default config's values, as a resume assumes."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"no run in workdir {str(workdir)!r} (config.json missing)")
+    try:
+        stored = migrate(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: unreadable stored config ({e})") from e
+    try:
+        defaults = to_dict(load_config())
+    except (FileNotFoundError, ValueError):  # no configs/ next to an installed package
+        defaults = {}
+
+    def fill(dst: dict, src: dict) -> dict:
+        for k, v in src.items():
+            if k not in dst:
+                dst[k] = v
+            elif isinstance(v, dict) and isinstance(dst[k], dict):
+                fill(dst[k], v)
+        return dst
+    return ml_collections.ConfigDict(fill(stored, defaults))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

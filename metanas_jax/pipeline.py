@@ -195,8 +195,8 @@ def _diverged_as_failures(scores: np.ndarray, stage: str, cfg):
     if bad.all():
         raise FloatingPointError(
             f"stage {stage}: the training of every candidate ({bad.size}) diverged (non-finite "
-            f"logits) with meta.lr={cfg.meta.lr}, meta.train_steps={cfg.meta.train_steps}; "
-            f"lower meta.lr")
+            f"logits) with candidate.lr={cfg.candidate.lr}, candidate.steps={cfg.candidate.steps}; "
+            f"lower candidate.lr")
     return np.where(bad, 0.0, scores).astype(np.float32), int(bad.sum())
 
 

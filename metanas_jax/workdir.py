@@ -179,12 +179,12 @@ def check_config_file(cfg, workdir: Path) -> None:
 def _check_workdir_readonly(cfg, workdir: Path) -> None:
     """:func:`check_workdir`'s refusal of a workdir made by another config, without writing
     (the processes other than 0 of a multi-process run)."""
-    from metanas_jax.config import _flatten, result_part, to_dict
+    from metanas_jax.config import _flatten, migrate, result_part, to_dict
     path = workdir / "config.json"
     if not path.is_file():
         return
     try:
-        old = json.loads(path.read_text())
+        old = migrate(json.loads(path.read_text()))
     except json.JSONDecodeError:
         return  # process 0 reports it
     a, b = _flatten(result_part(old)), _flatten(result_part(to_dict(cfg)))
@@ -240,10 +240,10 @@ def evaluator_warnings(record: dict) -> list[str]:
     failed, total = record.get("experience_diverged") or (0, 0)
     if failed:
         out.append(f"{failed} of {total} NAS-experience trainings diverged (non-finite logits; "
-                   f"scored 0): meta.lr may be too high")
+                   f"scored 0): candidate.lr may be too high")
     if acc is not None and chance and acc < 1.5 * chance:
         out.append(f"NAS-experience accuracy {acc:.3f} is near chance ({chance:.3f}): the candidate "
-                   f"training proxy (meta.train_steps, data.n_train) carries little signal")
+                   f"training proxy (candidate.steps, data.n_train) carries little signal")
     losses = np.asarray(record.get("evaluator_loss") or [], np.float64)
     if losses.size >= 4:
         k = max(1, losses.size // 10)

@@ -82,6 +82,15 @@ def test_a_supernet_learner_is_rebuilt_from_its_recipe():
     arch = space.decode(space.sample(jax.random.key(0), 1)[0])
     derived = mn.meta.derived_learner(learner, arch)
     assert mn.meta.learner_from_recipe(derived.recipe).module == derived.module
+    # MetaConfig's defaults move a searching learner's architecture (MetaNAS' rates)
+    cfg = mn.meta.MetaConfig(algorithm="fomaml", inner_steps=1)
+    assert cfg.arch_mode(True) == "alternating" and cfg.arch_mode(False) == "none"
+    t = _tasks(t=1)
+    small = mn.meta.supernet_learner(mn.spaces.get("macro32", layers=1, ops=("conv3x3", "identity"),
+                                                   widths=(4,), stem_width=4), 3)
+    params, z = small.init(jax.random.key(1), t.support_x[0])
+    _, z2, _ = mn.meta.adapt(small, cfg, params, z, t.support_x[0], t.support_y[0])
+    assert not np.allclose(z2, z)
 
 
 def test_a_meta_searcher_driven_ask_tell():

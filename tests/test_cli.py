@@ -14,7 +14,7 @@ import pytest
 
 TINY = ["--no-progress", "--config.space.layers=2", "--config.space.widths=4,8",
         "--config.space.stem_width=4", "--config.data.num_tasks=4", "--config.meta.archs_per_task=4",
-        "--config.meta.tasks_per_checkpoint=2", "--config.meta.train_steps=4",
+        "--config.meta.tasks_per_checkpoint=2", "--config.candidate.steps=4",
         "--config.meta.evaluator_steps=20", "--config.meta.cv_folds=2", "--config.search.budget=8",
         "--config.search.methods=meta,random", "--config.train.epochs=3",
         "--config.data.target_train=64", "--config.data.target_val=16"]
@@ -70,6 +70,23 @@ def test_run_summary_report_export(uninterrupted):
     assert logits.shape == (5, 5)  # the default target: digits 5-9
     final = json.loads((wd / "final.json").read_text())
     assert model.arch_string == final["arch"]
+
+
+def test_searcher_from_a_finished_workdir(uninterrupted):
+    """builders.from_workdir rebuilds the run's meta-searcher and its candidate evaluation:
+    the recorded candidates score as the search stage scored them."""
+    import metanas_jax as mn
+    wd, _ = uninterrupted
+    searcher, evaluate, prep = mn.builders.from_workdir(wd, method="meta")
+    rec = json.loads((wd / "search.json").read_text())["results"]["meta"]
+    zs = np.asarray(rec["zs"][:3], np.float32)
+    np.testing.assert_allclose(evaluate(zs), rec["scores"][:3], atol=1e-6)
+    state = mn.search.run_search(searcher, evaluate, 3, jax.random.key(0))
+    assert np.isfinite(mn.search.best(state.history)[1])
+    with pytest.raises(ValueError, match="needs a run with meta.method='metanas'"):
+        mn.builders.from_workdir(wd, method="metanas")
+    with pytest.raises(ValueError, match="config.json missing"):
+        mn.builders.from_workdir(wd / "nothing")
 
 
 @pytest.mark.slow

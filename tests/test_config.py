@@ -64,6 +64,23 @@ def test_workdir_of_an_older_version_resumes_when_new_keys_hold_their_defaults(t
         check_workdir(cfg, tmp_path)
 
 
+def test_workdir_made_before_a_key_moved_resumes(tmp_path):
+    """meta.train_steps / lr / chunk became the candidate section: an old workdir agrees
+    with the same values under the new names, and its stored config reads back moved."""
+    from metanas_jax.config import stored_config
+    cfg = load_config()
+    check_workdir(cfg, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    cand = stored.pop("candidate")
+    stored["meta"].update(train_steps=cand["steps"], lr=cand["lr"], chunk=cand["chunk"])
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_workdir(cfg, tmp_path)
+    assert stored_config(tmp_path).candidate.steps == cfg.candidate.steps
+    apply_overrides(cfg, ["candidate.lr=0.5"])
+    with pytest.raises(ValueError, match="candidate.lr"):
+        check_workdir(cfg, tmp_path)
+
+
 def test_stage_order(tmp_path, capsys):
     rc = cli.main(["train", "--workdir", str(tmp_path), "--no-progress"])
     assert rc == 2 and "needs stage" in capsys.readouterr().err

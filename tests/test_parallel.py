@@ -265,7 +265,7 @@ def worker_eight(ckpt_dir):
 # experience and search rounds, data-parallel final training (no cross-validation: it is
 # not sharded and costs compilations)
 JOB = ["space.layers=2", "space.widths=4,8", "space.stem_width=4", "data.num_tasks=4",
-       "meta.archs_per_task=4", "meta.tasks_per_checkpoint=2", "meta.train_steps=4",
+       "meta.archs_per_task=4", "meta.tasks_per_checkpoint=2", "candidate.steps=4",
        "meta.evaluator_steps=10", "meta.cv_folds=0", "search.budget=8",
        "search.methods=meta,random", "train.epochs=2", "train.batch_size=32",
        "data.target_train=64", "data.target_val=16", "runtime.progress=False",

@@ -14,7 +14,7 @@ from metanas_jax.config import apply_overrides, load_config
 TINY = ["runtime.progress=False", "space.layers=2", "space.ops=conv3x3,identity",
         "space.widths=4,8", "space.stem_width=4", "data.num_tasks=3", "meta.metanas.steps=4",
         "meta.metanas.checkpoint_every=2", "meta.metanas.meta_batch=1",
-        "meta.metanas.adapt_steps=2", "meta.train_steps=3", "search.budget=4",
+        "meta.metanas.adapt_steps=2", "candidate.steps=3", "search.budget=4",
         "search.batch_size=2", "search.methods=metanas", "train.epochs=1",
         "data.target_train=64", "data.target_val=16"]
 

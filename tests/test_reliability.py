@@ -90,9 +90,9 @@ def _rgb_folder(root: Path, size=8) -> Path:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["meta.lr=nan"], "'meta.lr' must be finite"),
+    (["candidate.lr=nan"], "'candidate.lr' must be finite"),
     (["train.weight_decay=inf"], "'train.weight_decay' must be finite"),
-    (["meta.lr=0"], "meta.lr"),
+    (["candidate.lr=0"], "candidate.lr"),
     (["meta.cv_folds=1"], "meta.cv_folds=1"),
     (["data.num_tasks=1"], "data.num_tasks"),
     (["meta.method=metanas", "meta.metanas.meta_batch=99"], "meta_batch"),

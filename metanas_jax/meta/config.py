@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
-ARCH_UPDATES = ("none", "joint", "alternating")
+ARCH_UPDATES = ("auto", "none", "joint", "alternating")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 QUERY_NORMS = ("batch", "support")
@@ -18,9 +18,10 @@ QUERY_NORMS = ("batch", "support")
 class MetaConfig:
     """Inner loop (per task) and outer loop (across tasks) settings.
 
-    Inner: ``inner_steps`` steps of ``inner_opt`` on the support set; the architecture
-    encoding moves too when ``arch_update`` is ``joint`` (one gradient for both) or
-    ``alternating`` (weights step, then architecture step at the new weights), with its
+    Inner: ``inner_steps`` steps of ``inner_opt`` on the support set; a searching
+    learner's architecture encoding moves too when ``arch_update`` is ``joint`` (one
+    gradient for both) or ``alternating`` (weights step, then architecture step at the new
+    weights; what ``"auto"``, the default, picks for a searching learner), with its
     own ``arch_inner_lr``, frozen for the first ``arch_inner_warmup`` inner steps. The
     relaxation temperature goes geometrically from ``temp_start`` to ``temp_end`` over the
     inner steps; the query set is scored at ``temp_end``.
@@ -58,8 +59,8 @@ class MetaConfig:
     inner_lr: float = 0.4
     inner_opt: str = "sgd"
     learn_inner_lr: bool = False
-    arch_update: str = "none"
-    arch_inner_lr: float = 0.0
+    arch_update: str = "auto"        # "auto": "alternating" for a searching learner
+    arch_inner_lr: float = 0.1
     arch_inner_opt: str = "sgd"
     arch_inner_warmup: int = 0
     temp_start: float = 1.0
@@ -68,13 +69,19 @@ class MetaConfig:
     meta_opt: str = "adam"
     meta_lr_schedule: str = "constant"
     meta_lr_decay_steps: int = 0
-    arch_meta_lr: float = 0.0
+    arch_meta_lr: float = 3e-4       # MetaNAS/DARTS' architecture rates (inner 0.1, meta 3e-4)
     arch_weight_decay: float = 1e-3
     arch_warmup_steps: int = 0
     grad_clip: float = 0.0
     strategy: str = "auto"
     scan_unroll: int | str = "auto"
     query_norm: str = "batch"
+
+    def arch_mode(self, searching: bool) -> str:
+        """The inner loop's architecture update for a learner that does (not) search."""
+        if not searching:
+            return "none"
+        return "alternating" if self.arch_update == "auto" else self.arch_update
 
     def __post_init__(self):
         def bad(name, why):

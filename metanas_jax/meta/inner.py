@@ -55,7 +55,7 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
     steps = cfg.inner_steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"adapt: steps must be >= 1, got {steps}")
-    mode = cfg.arch_update if learner.searches else "none"
+    mode = cfg.arch_mode(learner.searches)
     if lrs is None:
         w_opt = make_optimizer(cfg.inner_opt, cfg.inner_lr)
     else:  # SGD with one meta-learned rate per tensor (MetaConfig.learn_inner_lr)
