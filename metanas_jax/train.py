@@ -182,7 +182,7 @@ def param_group(path: tuple, cfg: FinalTrainConfig) -> str:
     batch-norm scales with ``freeze_norm_scale``), ``norm_bias``, ``head`` or ``train``."""
     if cfg.whiten_stem and path == STEM_KERNEL:
         return "frozen"
-    if any(p.startswith("norm") for p in path[:-1]):
+    if any("norm" in p for p in path[:-1]):  # norm, norm0, stem_norm, ...
         if path[-1] == "scale":
             return "frozen" if cfg.freeze_norm_scale else "train"
         return "norm_bias" if cfg.norm_bias_lr_scale != 1 else "train"

@@ -34,7 +34,7 @@ from flax import traverse_util
 
 from metanas_jax.nn.fastconv import conv2d
 from metanas_jax.nn.macro import MacroSupernet, level_shapes
-from metanas_jax.nn.ops import EPS
+from metanas_jax.nn.ops import EPS, pool2
 from metanas_jax.spaces.macro32 import Macro32
 
 _CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}
@@ -236,10 +236,9 @@ class HardMacroSupernet:
             y = jax.lax.switch(op_i, branches, lp, feat)
             y = y + jnp.where(res_i > 0, stride(feat, centred=False), 0.0).astype(y.dtype)
             if pool:  # 2x2 max-pool of the valid corner: windows at rows/columns 2i, 2i + 1
-                yp = jnp.where(valid_at(level), y, -jnp.inf)
-                yp = jax.lax.reduce_window(yp, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
-                                           ((0, 0), (0, 1), (0, 1), (0, 0)))
-                y = jnp.where(down, _sample2(yp, 0, 0), y)
+                yp = pool2(jnp.where(valid_at(level), y, -jnp.inf))
+                yp = jnp.pad(yp, ((0, 0), (0, hgt - yp.shape[1]), (0, wid - yp.shape[2]), (0, 0)))
+                y = jnp.where(down, yp, y)
             keep = v_out & (chan < widths[width_i])[None, None, None, :]
             return (jnp.where(keep, y, 0.0).astype(feat.dtype), new_level), None
 
