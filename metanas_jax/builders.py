@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metanas_jax import data, parallel, spaces
 from metanas_jax import meta as M
@@ -234,7 +235,8 @@ def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
     run in ``workdir`` builds it (its stored config and data, its finished meta-train
     stage's evaluator and strategy), and the candidate evaluation that stage scores with
     (``evaluate(zs) -> validation accuracies``, real proxy training on the target's search
-    split). ``search.run_search(searcher, evaluate, n, key)`` continues from there."""
+    split; a diverged candidate scores 0, as there). ``search.run_search(searcher,
+    evaluate, n, key)`` then runs a new search with them."""
     from pathlib import Path
 
     from metanas_jax import workdir as W
@@ -250,9 +252,9 @@ def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
     _, meta_state, _ = W.require(workdir, "meta-train", "from_workdir")
     prep = prep or prepare(cfg)
     searcher = make_searcher(cfg, method, prep, meta_state)
-    evaluate = S.make_evaluate_fn(prep.space, prep.search_task, keys(cfg)["search_eval"],
-                                  num_classes=prep.num_classes, train=train_config(cfg))
-    return searcher, evaluate, prep
+    proxy = S.make_evaluate_fn(prep.space, prep.search_task, keys(cfg)["search_eval"],
+                               num_classes=prep.num_classes, train=train_config(cfg))
+    return searcher, lambda zs: np.nan_to_num(np.asarray(proxy(zs)), nan=0.0), prep
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -327,6 +329,10 @@ def check_config(cfg, source: bool = True) -> Prepared:
     check_search(cfg)
     T.check_batch_split(T.FinalTrainConfig.from_config(cfg.train), mesh(cfg))
     prep = prepare(cfg)
+    size = S.space_size(prep.space)
+    if size is not None and int(cfg.search.budget) > size:
+        raise ValueError(f"search.budget={cfg.search.budget} exceeds the {size} architectures of "
+                         f"the space (space.layers, space.ops, space.widths)")
     if source:
         prep.source = source_dataset(cfg, prep)
     return prep

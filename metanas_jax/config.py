@@ -64,6 +64,10 @@ def load_config(spec: str | None = None) -> ml_collections.ConfigDict:
     if "name" not in cfg:
         with cfg.unlocked():
             cfg.name = path.stem
+    for old, new in RENAMED.items():
+        sec, key = old.split(".")
+        if sec in cfg and isinstance(cfg[sec], ml_collections.ConfigDict) and key in cfg[sec]:
+            raise ValueError(f"config file {str(path)!r} sets {old!r}, which moved to {new!r}")
     cfg.lock()
     return cfg
 
@@ -90,6 +94,8 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, value) -> None:
             raise ValueError(f"unknown config key {'.'.join(parts[:i + 1])!r} (in override {key!r})")
         node = node[p]
     leaf = parts[-1]
+    if key in RENAMED:
+        raise ValueError(f"config key {key!r} moved to {RENAMED[key]!r}")
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise ValueError(f"unknown config key {key!r}; known keys here: {known}")
@@ -156,6 +162,19 @@ def result_part(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in NON_RESULT_KEYS}
 
 
+def config_diff(old: dict, new: dict) -> tuple[dict, dict, list[str]]:
+    """``(old flat, new flat, differing keys)`` of a stored and a current config dict
+    (result keys only). A key added to the library since the workdir was made agrees when
+    it holds the default config's value (what the old code did before it became a key)."""
+    a, b = _flatten(result_part(migrate(old))), _flatten(result_part(new))
+    try:
+        defaults = _flatten(result_part(to_dict(load_config())))
+    except (FileNotFoundError, ValueError):  # no configs/ next to an installed package
+        defaults = {}
+    a.update({k: b[k] for k in set(b) - set(a) if k in defaults and defaults[k] == b[k]})
+    return a, b, sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
 def check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     """Store ``cfg`` in ``workdir/config.json``, or refuse a workdir of another config."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -166,15 +185,7 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
             old = migrate(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: unreadable stored config ({e})") from e
-        a, b = _flatten(result_part(old)), _flatten(result_part(new))
-        # a key added to the library since the workdir was made is compatible when it holds
-        # the default config's value (what the old code did before it became a key)
-        try:
-            defaults = _flatten(result_part(to_dict(load_config())))
-        except (FileNotFoundError, ValueError):  # no configs/ next to an installed package
-            defaults = {}
-        a.update({k: b[k] for k in set(b) - set(a) if k in defaults and defaults[k] == b[k]})
-        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+        a, b, diff = config_diff(old, new)
         if diff:
             shown = ", ".join(f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}" for k in diff[:6])
             raise ValueError(f"workdir {str(workdir)!r} was made by an incompatible config "

@@ -179,16 +179,15 @@ def check_config_file(cfg, workdir: Path) -> None:
 def _check_workdir_readonly(cfg, workdir: Path) -> None:
     """:func:`check_workdir`'s refusal of a workdir made by another config, without writing
     (the processes other than 0 of a multi-process run)."""
-    from metanas_jax.config import _flatten, migrate, result_part, to_dict
+    from metanas_jax.config import config_diff, to_dict
     path = workdir / "config.json"
     if not path.is_file():
         return
     try:
-        old = migrate(json.loads(path.read_text()))
+        old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return  # process 0 reports it
-    a, b = _flatten(result_part(old)), _flatten(result_part(to_dict(cfg)))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+    _, _, diff = config_diff(old, to_dict(cfg))
     if diff:
         raise ValueError(f"workdir {str(workdir)!r} was made by an incompatible config "
                          f"({len(diff)} key(s) differ, e.g. {diff[0]}); use another --workdir "

@@ -79,6 +79,18 @@ def test_workdir_made_before_a_key_moved_resumes(tmp_path):
     apply_overrides(cfg, ["candidate.lr=0.5"])
     with pytest.raises(ValueError, match="candidate.lr"):
         check_workdir(cfg, tmp_path)
+    # the old names are refused with the new one, in an override and in a config file
+    with pytest.raises(ValueError, match="'meta.lr' moved to 'candidate.lr'"):
+        apply_overrides(cfg, ["meta.lr=0.1"])
+    old_file = tmp_path / "old_config.py"
+    old_file.write_text("from metanas_jax.config import load_config\n"
+                        "def get_config():\n"
+                        "    c = load_config()\n"
+                        "    with c.unlocked():\n"
+                        "        c.meta.train_steps = 20\n"
+                        "    return c\n")
+    with pytest.raises(ValueError, match="sets 'meta.train_steps', which moved to 'candidate.steps'"):
+        load_config(str(old_file))
 
 
 def test_stage_order(tmp_path, capsys):

@@ -98,6 +98,7 @@ def _rgb_folder(root: Path, size=8) -> Path:
     (["meta.method=metanas", "meta.metanas.meta_batch=99"], "meta_batch"),
     (["data.target_classes=5"], "has 1 class"),
     (["search.methods=meta,foo"], "'foo'"),
+    (["space.layers=1", "search.budget=40"], "search.budget=40 exceeds the 32 architectures"),
     (["meta.evaluator_lr=0"], "meta.evaluator_lr must be > 0"),
     (["meta.task_images=0"], "meta.task_images must be >= 1"),
     (["search.scratch_fit_steps=0"], "search.scratch_fit_steps must be >= 1"),

@@ -48,9 +48,11 @@ CIFAR_SPACE = dict(layers=8, widths=(32, 64, 128, 256), stem_width=24, stem_kern
 
 # Hand-designed points of macro32 (8 layers; need conv3x3 and identity among the ops and
 # the widths they name), the baselines a search must beat at the same training budget:
-# ``airbench8`` is airbench94's network (Jordan 2024): 64, 256, 256 channels, two
+# ``airbench8`` follows airbench94's layout (Jordan 2024): 64, 256, 256 channels, two
 # convolutions per resolution, the first followed by the 2x2 max-pool in a ``reduction="pool"``
-# space (airbench's layout; a stride-2 convolution in a ``"stride"`` space);
+# space (a stride-2 convolution in a ``"stride"`` space); unlike airbench94 its layers are
+# conv-BN-ReLU then pool (not conv-pool-BN-GELU) and it ends in mean pooling and a plain
+# linear head (not max-pooling and 1/9-scaled logits);
 # ``resnet8`` a ResNet-like network of residual pairs at 64, 128, 256 channels.
 REFERENCE_ARCHS = {
     "airbench8": "conv3x3-64/2 | conv3x3-64 | conv3x3-256/2 | conv3x3-256 | conv3x3-256/2 | "
