@@ -298,30 +298,39 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             treedef = jax.tree.structure(state)
             state = jax.tree.unflatten(treedef, [jnp.asarray(x) if not isinstance(x, jax.Array) else x
                                                  for x in state_leaves["leaves"]])
-        ask, tell = jax.jit(searcher.ask), jax.jit(searcher.tell)
         predict = jax.jit(searcher.predict) if name in ("meta", "scratch") else None
         bar = _bar(cfg, total=budget, initial=len(r["scores"]), desc=f"search: {name}", unit="eval")
-        while len(r["scores"]) < budget:
-            t0 = time.perf_counter()
-            state, zs = ask(state)
-            zs = np.asarray(zs)[: budget - len(r["scores"])]
-            pred = np.asarray(predict(state, jnp.asarray(zs))).tolist() if predict else [None] * len(zs)
+        round_start, seen = [time.perf_counter()], [len(r["scores"])]
+
+        def on_ask(state, zs, r=r, predict=predict):
+            # the searcher's predictions of its candidates, before it sees their scores
+            r["predicted"] += (np.asarray(predict(state, jnp.asarray(zs))).tolist() if predict
+                               else [None] * len(zs))
+
+        def evaluate_round(zs, r=r):
             sc, archs, diverged = evaluate_cached(zs)
-            state = tell(state, jnp.asarray(zs), jnp.asarray(sc))
             r["diverged"] = r.get("diverged", []) + [len(r["scores"]) + int(j) for j in np.flatnonzero(diverged)]
             r["choices"] += [list(a) for a in archs]
-            r["zs"] += zs.tolist()
+            r["zs"] += np.asarray(zs).tolist()
             r["scores"] += sc.tolist()
-            r["predicted"] += pred
-            r["seconds"] += time.perf_counter() - t0
+            return sc
+
+        def on_round(done, state, r=r, name=name, bar=bar):
+            nonlocal step
+            r["seconds"] += time.perf_counter() - round_start[0]  # ask, evaluate, tell
             step += 1
             results[name] = r
-            bar.update(len(zs))
+            n_round, seen[0] = done - seen[0], done
+            bar.update(n_round)
             bar.set_postfix(best=f"{max(r['scores']):.3f}")
             metrics.log(method=name, evaluations=len(r["scores"]), best=max(r["scores"]),
-                        round_scores=sc.tolist())
+                        round_scores=r["scores"][-n_round:])
             ck.save(step, {"leaves": list(jax.tree.leaves(state))},
                     {"results": results, "current": name, "seconds": time.perf_counter() - t_start})
+            round_start[0] = time.perf_counter()
+
+        S.run_search(searcher, evaluate_round, budget, keys["search"], state=state,
+                     done=len(r["scores"]), on_ask=on_ask, callback=on_round)
         bar.close()
         if len(r["diverged"]) == len(r["scores"]):
             _diverged_as_failures(np.full(len(r["scores"]), np.nan), f"search ({name})", cfg)

@@ -35,7 +35,8 @@ def _cli(args, cache, check=True):
 def _results(workdir: Path):
     s = json.loads((workdir / "search.json").read_text())
     f = json.loads((workdir / "final.json").read_text())
-    return ({k: (v["choices"], v["scores"]) for k, v in s["results"].items()},
+    return ({k: (v["choices"], v["scores"], v["zs"], v["predicted"], v["diverged"])
+             for k, v in s["results"].items()},
             (f["arch"], f["val_acc"], f["test_acc"], [h["val_acc"] for h in f["history"]]))
 
 

@@ -260,24 +260,33 @@ def _tell(searcher, state, zs, scores):
 
 def run_search(searcher, evaluate_fn: Callable[[np.ndarray], Any], budget: int,
                key: jax.Array, *, time_limit: float | None = None,
-               callback: Callable[[int, Any], None] | None = None):
+               callback: Callable[[int, Any], None] | None = None,
+               state: Any = None, done: int = 0,
+               on_ask: Callable[[Any, np.ndarray], None] | None = None):
     """Ask, evaluate on the host, tell, until ``budget`` evaluations or ``time_limit`` s.
 
     ``evaluate_fn(zs)`` gets a ``(k, dim)`` array of valid encodings and returns ``k``
     scores (higher is better). The last round is cut to fit the budget. Returns the final
     state; its ``history`` holds every evaluation in order.
+
+    Hooks for a resumable driver (the main job's search stage): ``state`` and ``done``
+    continue a search from a restored state that has seen ``done`` evaluations (instead
+    of ``searcher.init(key)``); ``on_ask(state, zs)`` sees each round's candidates before
+    they are evaluated (a searcher's predictions of them); ``callback(done, state)`` runs
+    after each round's tell (a checkpoint).
     """
     check_searcher(searcher, budget)
     if time_limit is not None and time_limit <= 0:
         raise ValueError(f"time_limit must be positive seconds, got {time_limit}")
     t0 = time.perf_counter()
-    state = searcher.init(key)
-    done = 0
+    state = searcher.init(key) if state is None else state
     while done < budget:
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             break
         state, zs = _ask(searcher, state)
         zs = np.asarray(zs)[: budget - done]
+        if on_ask is not None:
+            on_ask(state, zs)
         scores = np.asarray(evaluate_fn(zs), np.float32).reshape(-1)
         if scores.shape != (zs.shape[0],):
             raise ValueError(f"evaluate_fn returned {scores.shape[0]} scores for "
