@@ -101,11 +101,11 @@ def final_training() -> list[str]:
                   f"network of the CIFAR space ({_downsampling(r)}), {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
                   f"{cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, whitened stem {cfg['whiten_stem']}, "
                   f"test-time augmentation {cfg['tta']}; conv_impl {cfg['conv_impl']}, bf16 {cfg['bf16']}) on the 50,000 train "
-                  f"images, {s['n']} seeds: test accuracy **{s['test_acc_mean'] * 100:.2f}{std}%** after "
+                  f"images, {s['n']} seed{'s' * (s['n'] != 1)}: test accuracy **{s['test_acc_mean'] * 100:.2f}{std}%** after "
                   f"{s['train_seconds_mean'] / 60:.0f} min of training on {r['machine']['cores']} cores "
                   f"(1-minute load average {_load_range(runs)} while training, other jobs included) "
                   f"(mean test accuracy after each epoch: {curve}%); 93% reached by {s['reached_93']} of "
-                  f"{s['n']} seeds, 94% by {s['reached_94']}."]
+                  f"{s['n']} seed{'s' * (s['n'] != 1)}, 94% by {s['reached_94']}."]
     path = RESULTS / "bench_train_speed.json"
     if path.is_file():
         r = json.loads(path.read_text())
