@@ -12,6 +12,7 @@ the whole config before anything is written or trained.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -237,8 +238,6 @@ def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
     (``evaluate(zs) -> validation accuracies``, real proxy training on the target's search
     split; a diverged candidate scores 0, as there). ``search.run_search(searcher,
     evaluate, n, key)`` then runs a new search with them."""
-    from pathlib import Path
-
     from metanas_jax import workdir as W
     from metanas_jax.config import stored_config
     workdir = Path(workdir)

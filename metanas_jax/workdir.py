@@ -179,12 +179,12 @@ def check_config_file(cfg, workdir: Path) -> None:
 def _check_workdir_readonly(cfg, workdir: Path) -> None:
     """:func:`check_workdir`'s refusal of a workdir made by another config, without writing
     (the processes other than 0 of a multi-process run)."""
-    from metanas_jax.config import config_diff, to_dict
+    from metanas_jax.config import config_diff, migrate, to_dict
     path = workdir / "config.json"
     if not path.is_file():
         return
     try:
-        old = json.loads(path.read_text())
+        old = migrate(json.loads(path.read_text()))
     except json.JSONDecodeError:
         return  # process 0 reports it
     _, _, diff = config_diff(old, to_dict(cfg))
