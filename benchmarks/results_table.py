@@ -173,6 +173,15 @@ def nb201_real_lines() -> list[str]:
     for name, row in summ.items():
         lines.append(f"| {name} | " + " | ".join(pm(row["picked"][str(n)]) for n in ns)
                      + f" | {pm(row['best_evaluated'][str(ns[-1])])} |")
+    model = {name: row["recommended"] for name, row in summ.items()
+             if row.get("recommended") and any(row["recommended"][str(n)] != row["picked"][str(n)]
+                                               for n in ns)}
+    if model:
+        lines += ["", "The model's pick instead of the proxy's (`search.recommend`: among the cells "
+                  "evaluated, the one the adapted evaluator predicts best), same runs:", "",
+                  "| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+        lines += [f"| {name} | " + " | ".join(pm(rec[str(n)]) for n in ns) + " |"
+                  for name, rec in model.items()]
     return lines
 
 

@@ -56,5 +56,6 @@ def test_run_method_with_a_table_column_as_proxy(mod):
     first_best = r["cells"][int(np.argmax(c100[r["cells"]]))]
     assert r["picked"][-1] == pytest.approx(c10[first_best], rel=1e-6)
     assert r["best_evaluated"][-1] == pytest.approx(c10[r["cells"]].max(), rel=1e-6)
+    assert r["recommended"] == {"5": r["picked"][4], "10": r["picked"][9]}  # no model: proxy-best
     s = mod.summarize(runs, (10,))
-    assert s["picked"][10][1] == 0.0
+    assert s["picked"][10][1] == 0.0 and s["recommended"][10] == s["picked"][10]

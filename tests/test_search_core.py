@@ -9,7 +9,7 @@ from metanas_jax.search import (Evaluator, EvaluatorConfig, MetaTasks,
                                 RandomSearch, RegularizedEvolution, StrategyConfig,
                                 StrategyParams, TabularBenchmark, arch_index,
                                 index_to_z, propose_unique, history_init, history_add,
-                                run_search, scan_search, scratch_searcher, space_size)
+                                recommend, run_search, scan_search, scratch_searcher, space_size)
 
 # 16 architectures: 1 layer x (2 ops, 2 widths, residual, downsample)
 TINY = spaces.get("macro32", layers=1, ops=("conv3x3", "identity"), widths=(16, 32))
@@ -97,6 +97,26 @@ def test_ask_tell_finds_optimum_of_small_space():
     state = run_search(s, evaluate, 100, jax.random.key(0))
     # random search finds it within 100 of 1296 evaluations with probability 0.077
     assert float(state.history.scores.max()) == pytest.approx(opt)
+
+
+def test_recommend_model_pick_and_best_observed():
+    """A baseline hands over its best observed score; a model-based searcher the evaluated
+    row its adapted evaluator predicts best, never an unevaluated or diverged row."""
+    table = synthetic_table(SMALL, 3)
+    evaluate = lambda zs: np.asarray(table.lookup(jnp.asarray(zs), "a"))
+    rs = RandomSearch(SMALL, 8, 24)
+    st = run_search(rs, evaluate, 24, jax.random.key(0))
+    assert int(recommend(rs, st)) == int(np.argmax(np.asarray(st.history.scores)))
+    s = scratch_searcher(SMALL, batch_size=8, capacity=32, fit_steps=20,
+                         config=EvaluatorConfig(task_input="none", hidden=(32,)),
+                         strategy_config=SMALL_CFG)
+    noisy = lambda zs: evaluate(zs) + np.where(np.arange(len(zs)) == 0, np.nan, 0.0)
+    st = run_search(s, noisy, 24, jax.random.key(1))
+    pred = np.asarray(s.predict(st, st.history.zs))
+    ok = np.asarray(st.history.valid & jnp.isfinite(st.history.scores))
+    row = int(recommend(s, st))
+    assert ok[row] and pred[row] == pred[ok].max()
+    assert not ok[0] and not ok[24:].any()  # the diverged first candidate, empty rows
 
 
 def test_same_seed_same_history_different_seed_differs():

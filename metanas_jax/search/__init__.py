@@ -25,15 +25,15 @@ from metanas_jax.search.fidelity import proxy_fidelity
 from metanas_jax.search.meta_searcher import MetaSearcher, MetaSearchState, scratch_searcher
 from metanas_jax.search.searcher import (BasicState, History, Searcher, arch_index, best,
                                          best_so_far, history_add, history_init, index_to_z,
-                                         propose_unique, run_search, scan_search, seen,
-                                         space_size)
+                                         propose_unique, recommend, run_search, scan_search,
+                                         seen, space_size)
 from metanas_jax.search.strategy import (StrategyConfig, StrategyParams, meta_train_strategy,
                                          pool_lookup, propose)
 from metanas_jax.search.tabular import TabularBenchmark, load_nb201, nb201_path
 
 __all__ = [
     "Searcher", "History", "BasicState", "run_search", "scan_search", "propose_unique",
-    "history_init", "history_add", "best", "best_so_far", "seen", "space_size", "arch_index",
+    "history_init", "history_add", "best", "recommend", "best_so_far", "seen", "space_size", "arch_index",
     "index_to_z", "RandomSearch", "RegularizedEvolution", "NeighbourhoodSearch", "Evaluator", "EvaluatorConfig",
     "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "top_k_regret",
     "random_top_k_regret", "task_folds", "cross_validate", "StrategyConfig",

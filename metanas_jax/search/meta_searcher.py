@@ -76,6 +76,17 @@ class MetaSearcher:
         """The adapted evaluator's predicted scores of ``zs``."""
         return self.evaluator.predict(state.fast, state.ctx, zs)
 
+    def recommend(self, state: MetaSearchState) -> jax.Array:
+        """Row of the history with the highest *predicted* score among those evaluated.
+
+        Why not the best observed score: a cheap proxy's score is noisy, and with many
+        evaluations its argmax is increasingly a lucky draw. The adapted evaluator pools
+        the meta-learned prior with every observation on the task (a posterior-mean
+        recommendation, as in Bayesian optimisation)."""
+        h = state.history
+        ok = h.valid & jnp.isfinite(h.scores)
+        return jnp.argmax(jnp.where(ok, self.predict(state, h.zs), -jnp.inf))
+
     def ask(self, state: MetaSearchState):
         key, k_prop = jax.random.split(state.key)
         zs = propose(self.space, lambda z: self.predict(state, z), self.strategy,

@@ -86,6 +86,15 @@ def best(h: History) -> tuple[jax.Array, jax.Array]:
     return h.zs[i], h.scores[i]
 
 
+def recommend(searcher, state) -> jax.Array:
+    """Row of ``state.history`` the search hands over: the searcher's own ``recommend``
+    when it has one (a model that pools every observation, see
+    :meth:`metanas_jax.search.MetaSearcher.recommend`), else the best observed score."""
+    if hasattr(searcher, "recommend"):
+        return searcher.recommend(state)
+    return jnp.argmax(state.history.scores)
+
+
 def best_so_far(h: History) -> jax.Array:
     """``(capacity,)``: the best score among the first ``i + 1`` evaluations."""
     return jax.lax.cummax(h.scores, axis=h.scores.ndim - 1)
