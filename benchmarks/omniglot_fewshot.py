@@ -155,7 +155,7 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
     ck = StageCheckpoints(Path(workdir) / name) if workdir else None
     latest = ck.latest() if ck else None
     if latest is not None:  # meta-trained before: restore
-        _, saved, rec = latest
+        rec = latest[2]
         relevant = lambda cfg: {k: v for k, v in _flat(cfg).items()
                                 if k.split(".")[0] not in ignore}
         old, new = relevant(rec["config"]), relevant(jsonable(c.to_dict()))
@@ -164,8 +164,7 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
         if old != new:
             raise ValueError(f"--workdir {workdir}: its {name} was meta-trained with another "
                              f"config (outside {', '.join(ignore)}); use a new workdir")
-        state = jax.tree.unflatten(jax.tree.structure(state),
-                                   [jnp.asarray(x) for x in saved["leaves"]])
+        state = ck.latest(like=state)[1]  # into the fresh state's structure and placement
         compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
         print(f"{name}: restored from {workdir} (skipping training)", flush=True)
     else:
@@ -184,7 +183,7 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
             state = jax.tree.map(jnp.asarray, parallel.to_local(state))
         print(f"{name}: trained {int(state.step)} meta-steps in {train_s:.0f}s", flush=True)
         if ck:  # the meta-test can take as long as training on CPU: keep what it tests
-            ck.save(int(state.step), {"leaves": jax.tree.leaves(state)},
+            ck.save(int(state.step), state,
                     jsonable({"config": c.to_dict(), "compile_s": compile_s, "train_s": train_s,
                               "history": history}))
     return state, {"compile_s": compile_s, "train_s": train_s, "meta_steps": int(state.step),

@@ -183,17 +183,33 @@ def metanas_learner(cfg, prep: Prepared):
     return learner, mcfg
 
 
-def metanas_state(learner, mcfg, prep: Prepared, leaves):
-    """The meta-state whose leaves were checkpointed (structure from a fresh init)."""
-    fresh = M.init_state(learner, mcfg, jax.random.key(0), jnp.asarray(prep.search_task[0][:2]))
-    return jax.tree.unflatten(jax.tree.structure(fresh), [jnp.asarray(x) for x in leaves])
+def metanas_template(learner, mcfg, prep: Prepared) -> M.MetaState:
+    """A fresh MetaNAS meta-state (key 0): the template its checkpoints are restored into.
+    Computed, not traced: the supernet's initialisation draws on the host."""
+    return M.init_state(learner, mcfg, jax.random.key(0), jnp.asarray(prep.search_task[0][:2]))
 
 
-def metanas_center(cfg, prep: Prepared, meta_state) -> jax.Array:
-    """The meta-architecture adapted to the target: ``meta.metanas.adapt_steps`` inner
-    steps (weights and architecture) on the search split's training images."""
+def evaluator_template(cfg, prep: Prepared):
+    """The evaluator's meta-parameters' shapes (traced, nothing computed)."""
+    task = (jax.ShapeDtypeStruct((2, *prep.target.train.image_shape), jnp.float32),
+            jax.ShapeDtypeStruct((2,), jnp.int32))
+    return jax.eval_shape(lambda t: evaluator(cfg, prep).init(jax.random.key(0), t), task)
+
+
+def meta_template(cfg, prep: Prepared):
+    """The shapes of what the finished meta-train stage checkpoints, which the search stage
+    restores: the MetaNAS meta-state, or the evaluator's parameters and strategy vector."""
+    if cfg.meta.method == "metanas":
+        return metanas_template(*metanas_learner(cfg, prep), prep)
+    return {"params": evaluator_template(cfg, prep),
+            "strategy": jax.eval_shape(lambda: S.StrategyParams.create().as_vector())}
+
+
+def metanas_center(cfg, prep: Prepared, state: M.MetaState) -> jax.Array:
+    """The meta-architecture of the meta-state ``state`` adapted to the target:
+    ``meta.metanas.adapt_steps`` inner steps (weights and architecture) on the search
+    split's training images."""
     learner, mcfg = metanas_learner(cfg, prep)
-    state = metanas_state(learner, mcfg, prep, meta_state["leaves"])
     sx, sy = (jnp.asarray(a) for a in prep.search_task[:2])
     adapt = jax.jit(lambda p, z, r: M.adapt(learner, mcfg, p, z, sx, sy,
                                             steps=mcfg.eval_inner_steps, lrs=r)[1])
@@ -204,8 +220,8 @@ def metanas_center(cfg, prep: Prepared, meta_state) -> jax.Array:
 def make_searcher(cfg, name: str, prep: Prepared, meta_state):
     """The ask/tell searcher of search method ``name`` on the target, with ``search.budget``
     capacity and ``search.batch_size`` candidates a round; ``meta_state``: the meta-train
-    stage's checkpointed state (the evaluator's parameters and strategy, or the MetaNAS
-    meta-state's leaves), used by the methods that need one (:data:`METHOD_NEEDS`)."""
+    stage's checkpointed state (:func:`meta_template`: the evaluator's parameters and
+    strategy, or the MetaNAS meta-state), used by the methods that need one (:data:`METHOD_NEEDS`)."""
     space, b, cap = prep.space, int(cfg.search.batch_size), int(cfg.search.budget)
     cap = max(cap, b)
     if name == "metanas":
@@ -215,8 +231,8 @@ def make_searcher(cfg, name: str, prep: Prepared, meta_state):
         ev = evaluator(cfg, prep)
         n_img = int(cfg.meta.task_images)
         task = (prep.search_task[0][:n_img], prep.search_task[1][:n_img])
-        return S.MetaSearcher(evaluator=ev, params=jax.tree.map(jnp.asarray, meta_state["params"]),
-                              strategy=S.StrategyParams.from_vector(jnp.asarray(meta_state["strategy"])),
+        return S.MetaSearcher(evaluator=ev, params=meta_state["params"],
+                              strategy=S.StrategyParams.from_vector(meta_state["strategy"]),
                               task=task, batch_size=b, capacity=cap, strategy_config=strategy_config(cfg))
     if name == "random":
         return S.RandomSearch(space, b, cap)
@@ -248,8 +264,8 @@ def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
         raise ValueError(f"from_workdir: method {method!r} needs a run with meta.method="
                          f"{METHOD_NEEDS[method]!r}; the run in {str(workdir)!r} has "
                          f"meta.method={cfg.meta.method!r}")
-    _, meta_state, _ = W.require(workdir, "meta-train", "from_workdir")
     prep = prep or prepare(cfg)
+    _, meta_state, _ = W.require(workdir, "meta-train", "from_workdir", like=meta_template(cfg, prep))
     searcher = make_searcher(cfg, method, prep, meta_state)
     proxy = S.make_evaluate_fn(prep.space, prep.search_task, keys(cfg)["search_eval"],
                                num_classes=prep.num_classes, train=train_config(cfg))

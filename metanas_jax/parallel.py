@@ -14,15 +14,16 @@
   ``search.collect_experience``'s (task, architecture) pairs split over devices.
 * :func:`mesh_from_config`: the job's mesh from ``runtime.mesh`` ("auto" or a device count;
   1 = the unchanged single-device paths); :func:`is_primary`: the process that writes files.
-* :func:`save_checkpoint` / :func:`restore_checkpoint`: Orbax, safe when every host calls
-  it (each writes its own shards, the primary host the metadata; writes are atomic).
+
+Checkpoints: :class:`metanas_jax.checkpoint.StageCheckpoints`, which every process calls
+(each writes the shards of a global array it holds, the primary the rest; writes are
+atomic), restored into a template's shardings.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -321,42 +322,3 @@ def mesh_from_config(value, axis: str = DATA) -> Mesh | None:
     single-device code paths, unchanged."""
     n = mesh_size(value)
     return None if n == 1 else make_mesh(n, axis=axis)
-
-
-# -- checkpoints --------------------------------------------------------------------------------
-def _flat(state) -> tuple[dict, list, Any]:
-    """Non-empty leaves by path (Orbax cannot store zero-size arrays), all leaves, treedef."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    flat = {jax.tree_util.keystr(k): v for k, v in leaves if np.size(v)}
-    return flat, [v for _, v in leaves], treedef
-
-
-def save_checkpoint(directory: str | os.PathLike, state, step: int | None = None) -> Path:
-    """Write ``state`` (a ``MetaState`` or any pytree of arrays, possibly sharded over many
-    hosts) to ``directory/step_<step>`` with Orbax. Every process must call it with the
-    same arguments: each writes the shards it holds, the primary the metadata, and the
-    checkpoint appears atomically (temporary directory, then rename) once all are done."""
-    import orbax.checkpoint as ocp
-
-    step = int(np.asarray(jax.device_get(state.step.addressable_data(0)))) if step is None \
-        else int(step)
-    path = Path(directory).absolute() / f"step_{step}"
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path, _flat(state)[0])
-        ckpt.wait_until_finished()
-    return path
-
-
-def restore_checkpoint(path: str | os.PathLike, like):
-    """Read a checkpoint written by :func:`save_checkpoint` into the structure, shapes and
-    shardings of ``like`` (e.g. a freshly initialised, replicated ``MetaState``)."""
-    import orbax.checkpoint as ocp
-
-    flat, leaves, treedef = _flat(like)
-    abstract = {k: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=getattr(a, "sharding", None))
-                for k, a in flat.items()}
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(Path(path).absolute(), abstract)
-    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
-    return jax.tree_util.tree_unflatten(
-        treedef, [restored[p] if p in restored else v for p, v in zip(paths, leaves)])

@@ -77,8 +77,9 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     n_chunks = -(-n_tasks // per)
     tasks = B.nas_tasks(cfg, keys, prep)
     mesh = B.mesh(cfg)
-    zs = list(state.get("zs", [])) if step <= n_chunks else None
-    scores = list(state.get("scores", [])) if step <= n_chunks else None
+    # the experience so far (its chunks: the flat state, no template needed)
+    zs = [state[f"['zs'][{c}]"] for c in range(step)] if step <= n_chunks else None
+    scores = [state[f"['scores'][{c}]"] for c in range(step)] if step <= n_chunks else None
     tcfg = B.train_config(cfg)
 
     # 1a. experience, chunk by chunk
@@ -130,9 +131,11 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                     last_loss=float(np.mean(losses[-10:])), seconds=time.perf_counter() - t0)
         step = n_chunks + 1
         state = {"params": params}
-        ck.save(step, state, {"phase": "evaluator", "seconds": time.perf_counter() - t_start,
-                              "evaluator_loss": [float(l) for l in losses[:: max(1, len(losses) // 50)]]})
-        rec = ck.latest()[2]
+        rec = {"phase": "evaluator", "seconds": time.perf_counter() - t_start,
+               "evaluator_loss": [float(l) for l in losses[:: max(1, len(losses) // 50)]]}
+        ck.save(step, state, rec)
+    else:  # resumed after it: the parameters, restored into their template
+        state = ck.latest({"params": B.evaluator_template(cfg, prep)})[1]
     params = state["params"]
 
     # 1c. cross-validated meta-evaluation over the experience tasks (k folds)
@@ -212,14 +215,13 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     ck = StageCheckpoints(workdir / "ckpt" / "meta-train")
     metrics = W.Metrics(workdir, "meta-train", cfg.runtime.tensorboard)
     keys = B.keys(cfg)
-    step, st, rec, t_start = W.resume(ck, {"seconds": 0.0, "history": []})
+    learner, mcfg = B.metanas_learner(cfg, prep)
+    step, state, rec, t_start = W.resume(ck, {"seconds": 0.0, "history": []},
+                                         like=B.metanas_template(learner, mcfg, prep))
     if rec.get("done"):
         return rec
-    learner, mcfg = B.metanas_learner(cfg, prep)
     tasks = B.nas_tasks(cfg, keys, prep)
-    if step:
-        state = B.metanas_state(learner, mcfg, prep, st["leaves"])
-    else:
+    if not step:
         state = M.init_state(learner, mcfg, keys["evaluator"], jnp.asarray(tasks.support_x[0]))
     meta_step = M.make_meta_step(learner, mcfg)
     history = list(rec.get("history", []))
@@ -241,11 +243,11 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
             bar.update(1)
             bar.set_postfix(query_acc=f"{m['accuracy']:.3f}")
             if step % every == 0 and step < total:
-                ck.save(step, {"leaves": list(jax.tree.leaves(state))},
-                        {"phase": "metanas", "history": history, "seconds": time.perf_counter() - t_start})
+                ck.save(step, state, {"phase": "metanas", "history": history,
+                                      "seconds": time.perf_counter() - t_start})
     record = {"phase": "metanas", "done": True, "history": history, "seconds": time.perf_counter() - t_start,
               "meta_arch": str(prep.space.decode(np.asarray(prep.space.project(state.arch))))}
-    ck.save(total + 1, {"leaves": list(jax.tree.leaves(state))}, record)
+    ck.save(total + 1, state, record)
     return record
 
 
@@ -254,12 +256,12 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     """Every method of ``search.methods`` on the target task with ``search.budget`` real
     evaluations (train split -> validation accuracy). Checkpointed after every round."""
     methods = B.check_search(cfg)
-    _, meta_state, _ = W.require(workdir, "meta-train", "search")
     prep = prep or B.prepare(cfg)
+    _, meta_state, _ = W.require(workdir, "meta-train", "search", like=B.meta_template(cfg, prep))
     ck = StageCheckpoints(workdir / "ckpt" / "search")
     metrics = W.Metrics(workdir, "search", cfg.runtime.tensorboard)
     keys = B.keys(cfg)
-    step, state_leaves, rec, t_start = W.resume(ck, {"results": {}, "seconds": 0.0})
+    step, _, rec, t_start = W.resume(ck, {"results": {}, "seconds": 0.0})
     if rec.get("done"):
         return rec
     results = rec["results"]
@@ -294,10 +296,8 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         state = searcher.init(keys["search"])
         r = results.get(name) or {"choices": [], "zs": [], "scores": [], "predicted": [], "seconds": 0.0,
                                   "diverged": []}
-        if rec.get("current") == name and state_leaves:
-            treedef = jax.tree.structure(state)
-            state = jax.tree.unflatten(treedef, [jnp.asarray(x) if not isinstance(x, jax.Array) else x
-                                                 for x in state_leaves["leaves"]])
+        if rec.get("current") == name:  # resumed inside this method: its state, in a fresh one's form
+            state = ck.latest(like=state)[1]
         predict = jax.jit(searcher.predict) if name in ("meta", "scratch") else None
         bar = _bar(cfg, total=budget, initial=len(r["scores"]), desc=f"search: {name}", unit="eval")
         round_start, seen = [time.perf_counter()], [len(r["scores"])]
@@ -325,8 +325,8 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             bar.set_postfix(best=f"{max(r['scores']):.3f}")
             metrics.log(method=name, evaluations=len(r["scores"]), best=max(r["scores"]),
                         round_scores=r["scores"][-n_round:])
-            ck.save(step, {"leaves": list(jax.tree.leaves(state))},
-                    {"results": results, "current": name, "seconds": time.perf_counter() - t_start})
+            ck.save(step, state, {"results": results, "current": name,
+                                  "seconds": time.perf_counter() - t_start})
             round_start[0] = time.perf_counter()
 
         S.run_search(searcher, evaluate_round, budget, keys["search"], state=state,
@@ -338,7 +338,6 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         r.update(done=True, best_index=i, best_val=r["scores"][i],
                  best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
         results[name] = r
-        state_leaves = {}
         rec["current"] = None
         step += 1
         ck.save(step, {}, {"results": results, "current": None, "seconds": time.perf_counter() - t_start})
@@ -366,10 +365,8 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         return latest[2]
     key = B.keys(cfg)["train"]
     start, seconds0 = None, 0.0
-    if latest is not None:
-        step, st, rec = latest
-        template = _template_state(prep, arch, fcfg)
-        state = jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(x) for x in st["leaves"]])
+    if latest is not None:  # resumed: the training state, restored into its template
+        step, state, rec = ck.latest(_template_state(prep, arch, fcfg))
         start, seconds0 = (step, state, rec["history"]), float(rec["seconds"])
     t_start = time.perf_counter() - seconds0
     every = max(1, int(cfg.runtime.checkpoint_every_epochs))
@@ -377,8 +374,7 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     def on_epoch(epoch, state, history):
         metrics.log(**history[-1])
         if epoch % every == 0 or epoch == fcfg.epochs:
-            ck.save(epoch, {"leaves": list(jax.tree.leaves(state))},
-                    {"history": history, "seconds": time.perf_counter() - t_start})
+            ck.save(epoch, state, {"history": history, "seconds": time.perf_counter() - t_start})
 
     mesh = B.mesh(cfg)
     state, net, history, result = T.train(prep.space, arch, prep.target, fcfg, key, start=start,

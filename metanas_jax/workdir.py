@@ -89,17 +89,22 @@ def write_data(workdir: Path, description: dict) -> None:
 
 
 # -- stage records ------------------------------------------------------------------------------
-def stage_record(workdir: Path, stage: str, state: bool = False):
-    """``(step, state, record)`` of the stage's newest checkpoint if it is finished. In a
-    multi-process run without ``state`` (summary, report: one process reads) the record is
-    read directly, as Orbax's checkpoint managers synchronise every process."""
+def stage_record(workdir: Path, stage: str, like=None):
+    """``(step, state, record)`` of the stage's newest checkpoint if it is finished, its
+    state restored into the template ``like`` (:meth:`StageCheckpoints.latest`). Without
+    ``like`` (summary, report: they read the record) the state is the flat dict, or ``None``
+    in a multi-process run: there one process may read alone while Orbax's checkpoint
+    managers synchronise every process, so the record is read directly."""
     ck = Path(workdir) / "ckpt" / stage
     if not ck.is_dir():
         return None
-    if jax.process_count() > 1 and not state:
+    if jax.process_count() > 1 and like is None:
         latest = _latest_record(ck)
     else:
-        latest = StageCheckpoints(ck).latest()
+        cks = StageCheckpoints(ck)
+        latest = cks.latest()
+        if like is not None and latest is not None and latest[2].get("done"):
+            latest = cks.latest(like)  # an unfinished stage's state has another form
     if latest is None or not latest[2].get("done"):
         return None
     return latest
@@ -119,22 +124,24 @@ def _latest_record(ck: Path):
     return None
 
 
-def require(workdir: Path, stage: str, needed_by: str):
-    """:func:`stage_record` (with its state) of ``stage``, which stage ``needed_by`` builds
-    on; ``ValueError`` saying which command to run first if it is not finished."""
-    latest = stage_record(workdir, stage, state=True)
+def require(workdir: Path, stage: str, needed_by: str, like=None):
+    """:func:`stage_record` of ``stage`` (its state restored into ``like``), which stage
+    ``needed_by`` builds on; ``ValueError`` saying which command to run first if it is not
+    finished."""
+    latest = stage_record(workdir, stage, like)
     if latest is None:
         raise ValueError(f"stage {needed_by!r} needs stage {stage!r} finished in workdir "
                          f"{str(workdir)!r}; run `metanas {stage}` (or `metanas run`) first")
     return latest
 
 
-def resume(ck: StageCheckpoints, fresh: dict):
-    """``(step, state, record, start_time)`` from the stage's newest checkpoint, or a fresh
-    start with ``fresh`` as the record; ``start_time`` counts the seconds already spent, so
-    stage times add up over resumes. A finished stage's record has ``done`` set."""
-    latest = ck.latest()
-    step, state, rec = latest if latest is not None else (0, {}, fresh)
+def resume(ck: StageCheckpoints, fresh: dict, like=None):
+    """``(step, state, record, start_time)`` from the stage's newest checkpoint (its state
+    restored into ``like``), or a fresh start (step 0, state ``None``) with ``fresh`` as
+    the record; ``start_time`` counts the seconds already spent, so stage times add up over
+    resumes. A finished stage's record has ``done`` set."""
+    latest = ck.latest(like)
+    step, state, rec = latest if latest is not None else (0, None, fresh)
     return step, state, rec, time.perf_counter() - float(rec.get("seconds", 0.0))
 
 

@@ -1,6 +1,6 @@
 """Scale-out (metanas_jax.parallel): sharded meta-step and candidate evaluation agree with
-one device, the replicated-gradient trap is caught, checkpoints round-trip, and two
-processes joined by jax.distributed agree with one.
+one device, the replicated-gradient trap is caught, checkpoints round-trip with their
+shardings, and two processes joined by jax.distributed agree with one.
 
 Device counts are fixed when jax starts, so every check runs in a fresh Python process
 started from here (this file is also the worker: ``python test_parallel.py MODE ...``).
@@ -252,12 +252,19 @@ def worker_eight(ckpt_dir):
     assert sh_eval.stats["evaluations"] == 16 and sh_eval.stats["compilations"] == 1, sh_eval.stats
 
     print("ckpt", f"{time.time() - t0:.1f}s", flush=True)
-    # checkpoint of a replicated state round-trips
-    sh_state = jax.device_put(state, parallel.replicated(mesh))
-    path = parallel.save_checkpoint(ckpt_dir, sh_state, step=3)
-    back = parallel.restore_checkpoint(path, sh_state)
-    _close(back.params, state.params, "restored params", rtol=0, atol=0)
-    assert back.params["conv0"]["kernel"].sharding == sh_state.params["conv0"]["kernel"].sharding
+    # a replicated meta-state and a row-sharded array round-trip, restored into an abstract
+    # template with their shardings
+    from metanas_jax.checkpoint import StageCheckpoints
+    tree = {"meta": jax.device_put(state, parallel.replicated(mesh)),
+            "rows": jax.device_put(jnp.arange(24.0).reshape(8, 3), parallel.sharded(mesh))}
+    ck = StageCheckpoints(ckpt_dir)
+    ck.save(3, tree, {"step": 3})
+    like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+    step, back, rec = ck.latest(like)
+    assert (step, rec) == (3, {"step": 3})
+    _close(back, tree, "restored", rtol=0, atol=0)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tree)):
+        assert a.sharding == b.sharding, (a.sharding, b.sharding)
     print("OK eight", flush=True)
 
 
@@ -382,9 +389,16 @@ def worker_multi(port, pid, tmp):
     _close(_local(got.params), ref.params, "2-process params")
     _close(_local(m), m_ref, "2-process metrics")
 
-    path = parallel.save_checkpoint(os.path.join(tmp, "ckpt"), got, step=2)
-    back = parallel.restore_checkpoint(path, g_state)
+    from metanas_jax.checkpoint import StageCheckpoints
+    ck = StageCheckpoints(os.path.join(tmp, "ckpt"))  # every process saves its shards
+    ck.save(2, got, {"step": 2})
+    back = ck.latest(g_state)[1]  # into the global, replicated layout
     _close(_local(back.params), _local(got.params), "2-process restore", rtol=0, atol=0)
+    assert back.params["conv0"]["kernel"].sharding == g_state.params["conv0"]["kernel"].sharding
+    # into a template without shardings (the main job's way): each process's first device
+    back = ck.latest(jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))[1]
+    _close(back.params, _local(got.params), "2-process restore to one device", rtol=0, atol=0)
+    assert back.params["conv0"]["kernel"].sharding.device_set == {jax.local_devices()[0]}
     print(f"OK multi {pid} ({time.time() - t0:.1f}s)", flush=True)
     jax.distributed.shutdown()
 

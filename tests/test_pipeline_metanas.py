@@ -30,8 +30,10 @@ def run(tmp_path_factory):
     return cfg, wd, pipeline.run_stages(cfg, wd)
 
 
-def _leaves(wd):
-    return StageCheckpoints(wd / "ckpt" / "meta-train").latest()[1]["leaves"]
+def _meta_state(cfg, wd, prep=None):
+    """The meta-train stage's newest meta-state, restored into its template."""
+    like = builders.meta_template(cfg, prep or builders.prepare(cfg))
+    return StageCheckpoints(wd / "ckpt" / "meta-train").latest(like)[1]
 
 
 def _host(x):
@@ -49,7 +51,7 @@ def test_metanas_run_end_to_end(run):
     assert all(0.0 <= s <= 1.0 for s in r["scores"])
     # the first candidate is the projection of the adapted meta-architecture
     prep = builders.prepare(cfg)
-    center = builders.metanas_center(cfg, prep, {"leaves": _leaves(wd)})
+    center = builders.metanas_center(cfg, prep, _meta_state(cfg, wd, prep))
     assert r["choices"][0] == list(prep.space.decode(np.asarray(prep.space.project(center))).choices)
     assert out["train"]["arch"] == r["best_arch"]
     assert 0.0 <= out["train"]["test_acc"] <= 1.0
@@ -69,7 +71,7 @@ def test_metanas_meta_train_resumes_exactly(run, tmp_path):
     assert latest[0] == 2 and not latest[2].get("done")
     rec = pipeline.meta_train(cfg, wd2)
     assert rec["history"] == out["meta-train"]["history"]
-    for a, b in zip(_leaves(wd), _leaves(wd2)):
+    for a, b in zip(jax.tree.leaves(_meta_state(cfg, wd)), jax.tree.leaves(_meta_state(cfg, wd2))):
         np.testing.assert_array_equal(_host(a), _host(b))
 
 
