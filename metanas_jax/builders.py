@@ -342,7 +342,12 @@ def check_config(cfg, source: bool = True) -> Prepared:
     check_finite(cfg)
     check_meta(cfg)
     check_search(cfg)
-    T.check_batch_split(T.FinalTrainConfig.from_config(cfg.train), mesh(cfg))
+    m = mesh(cfg)
+    T.check_batch_split(T.FinalTrainConfig.from_config(cfg.train), m)
+    if cfg.meta.method == "metanas" and m is not None and int(cfg.meta.metanas.meta_batch) % m.size:
+        raise ValueError(f"meta.metanas.meta_batch={cfg.meta.metanas.meta_batch} does not split "
+                         f"over the {m.size} devices of runtime.mesh={cfg.runtime.get('mesh', 'auto')}; "
+                         f"make it a multiple of {m.size} (or set runtime.mesh)")
     prep = prepare(cfg)
     size = S.space_size(prep.space)
     if size is not None and int(cfg.search.budget) > size:

@@ -264,7 +264,11 @@ class PairRunner:
 
 def _put(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A global array with ``sharding`` from the same host array on every process (each
-    process transfers only the pieces its own devices hold)."""
+    process transfers only the pieces its own devices hold); a typed PRNG key goes as its
+    key data and is wrapped again."""
+    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put(np.asarray(jax.random.key_data(a)), sharding),
+                                        impl=jax.random.key_impl(a))
     a = np.asarray(a)
     return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 

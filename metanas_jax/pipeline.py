@@ -23,10 +23,11 @@ Workdir layout: ``config.json``, ``ckpt/<stage>/`` (Orbax), ``metrics/<stage>.js
 
 Devices (``runtime.mesh``: "auto" = every device, or a number; 1 = the single-device
 paths): NAS-experience pairs and each search round's candidates are split over the mesh
-(:class:`metanas_jax.parallel.PairRunner`, the same scores as one device), final training
-is data-parallel (:func:`metanas_jax.train.train`); the evaluator's meta-training, the
-strategy ES, the searchers' own steps and MetaNAS meta-training run unsharded on each
-process. Several processes (``jax.distributed``, :func:`metanas_jax.parallel.initialize`):
+(:class:`metanas_jax.parallel.PairRunner`, the same scores as one device), and so are the
+evaluator's meta-training episodes, the strategy ES's perturbations and the MetaNAS
+meta-batch's tasks; final training is data-parallel (:func:`metanas_jax.train.train`).
+The searchers' own ask/tell steps run unsharded on each process (they are small).
+Several processes (``jax.distributed``, :func:`metanas_jax.parallel.initialize`):
 every process runs every stage and calls every checkpoint (Orbax writes once); only
 process 0 takes the workdir's lock and writes ``config.json``, ``data.json``, metrics,
 ``experience.npz``, ``search.json``, ``final.json``, the export and the report.
@@ -122,7 +123,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         t0 = time.perf_counter()
         params, losses = ev.meta_train(keys["evaluator"], train_data, steps=int(cfg.meta.evaluator_steps),
                                        batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
-                                       n_query=n - n_sup, lr=float(cfg.meta.evaluator_lr))
+                                       n_query=n - n_sup, lr=float(cfg.meta.evaluator_lr), mesh=mesh)
         bad = np.flatnonzero(~np.isfinite(np.asarray(losses)))
         if bad.size:
             raise FloatingPointError(f"stage meta-train: the evaluator's meta-training loss became "
@@ -147,7 +148,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                 cv = S.cross_validate(ev, train_data, keys["cv"], folds=folds, n_observed=n // 2,
                                       top_k=int(cfg.meta.cv_top_k), steps=int(cfg.meta.evaluator_steps),
                                       batch_tasks=int(cfg.meta.batch_tasks), n_support=n_sup,
-                                      n_query=n - n_sup, lr=float(cfg.meta.evaluator_lr))
+                                      n_query=n - n_sup, lr=float(cfg.meta.evaluator_lr), mesh=mesh)
                 bar.update(1)
             cv["seconds"] = time.perf_counter() - t0
             for f, row in enumerate(cv["folds"]):
@@ -169,7 +170,7 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         meta_es, trace = S.meta_train_strategy(
             meta, jax.tree.map(lambda a: a[:, :n_img], train_data.task), train_data.zs, train_data.scores,
             keys["strategy"], rounds=rounds, iterations=int(cfg.meta.es_iterations),
-            population=int(cfg.meta.es_population), seeds=1)
+            population=int(cfg.meta.es_population), seeds=1, mesh=mesh)
         bar.update(1)
     metrics.log(phase="strategy", trace=[float(t) for t in trace], **meta_es.strategy.describe(),
                 seconds=time.perf_counter() - t0)
@@ -223,15 +224,19 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     tasks = B.nas_tasks(cfg, keys, prep)
     if not step:
         state = M.init_state(learner, mcfg, keys["evaluator"], jnp.asarray(tasks.support_x[0]))
-    meta_step = M.make_meta_step(learner, mcfg)
+    mesh = B.mesh(cfg)  # the meta-batch's tasks split over it, the state replicated
+    meta_step = M.make_meta_step(learner, mcfg, mesh=mesh)
+    if mesh is not None:
+        state = parallel.put_replicated(state, mesh)
     history = list(rec.get("history", []))
     with _bar(cfg, total=total, initial=step, desc="meta-train: MetaNAS", unit="step") as bar:
         while step < total:
-            idx = jax.random.choice(jax.random.fold_in(keys["experience"], step), n_tasks, (mb,),
-                                    replace=False)
-            state, m = meta_step(state, data.TaskBatch(*(a[idx] for a in tasks)))
+            idx = np.asarray(jax.random.choice(jax.random.fold_in(keys["experience"], step),
+                                               n_tasks, (mb,), replace=False))
+            batch = data.TaskBatch(*(np.asarray(a)[idx] for a in tasks))
+            state, m = meta_step(state, batch if mesh is None else parallel.put_sharded(batch, mesh))
             step += 1
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            m = {k: float(v) for k, v in parallel.to_local(m).items()}
             if not np.isfinite(m["loss"]):
                 raise FloatingPointError(f"stage meta-train (MetaNAS): the meta-loss became "
                                          f"non-finite at step {step} (lower meta.metanas.meta_lr, "
@@ -246,7 +251,7 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
                 ck.save(step, state, {"phase": "metanas", "history": history,
                                       "seconds": time.perf_counter() - t_start})
     record = {"phase": "metanas", "done": True, "history": history, "seconds": time.perf_counter() - t_start,
-              "meta_arch": str(prep.space.decode(np.asarray(prep.space.project(state.arch))))}
+              "meta_arch": str(prep.space.decode(np.asarray(prep.space.project(parallel.to_local(state.arch)))))}
     ck.save(total + 1, state, record)
     return record
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -279,6 +280,12 @@ JOB = ["space.layers=2", "space.widths=4,8", "space.stem_width=4", "data.num_tas
        "runtime.tensorboard=off", "runtime.compile_cache="]
 
 
+METANAS = ["space.layers=2", "space.ops=conv3x3,identity", "space.widths=4,8", "space.stem_width=4",
+           "data.num_tasks=4", "meta.metanas.steps=2", "meta.metanas.checkpoint_every=1",
+           "meta.metanas.meta_batch=2", "data.target_train=64", "data.target_val=16",
+           "runtime.progress=False", "runtime.tensorboard=off", "runtime.compile_cache="]
+
+
 def _job_results(wd):
     from pathlib import Path
 
@@ -299,7 +306,7 @@ def worker_job(tmp):
     from metanas_jax.config import apply_overrides, load_config
 
     assert jax.device_count() == 8
-    # the unsharded programs (evaluator, strategy) compile once for both runs
+    # programs both runs share (final-training evaluation, searchers) compile once
     jax.config.update("jax_compilation_cache_dir", os.path.join(tmp, "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     t0 = time.time()
@@ -340,6 +347,24 @@ def worker_job(tmp):
     assert one[0] == eight[0], (one[0], eight[0])  # search: same candidates and scores
     assert one[1] == eight[1], (one[1], eight[1])  # final: same arch and accuracies
     np.testing.assert_allclose(eight[2], one[2], rtol=1e-4)  # train loss: summation order
+    # the MetaNAS meta-train stage: the meta-batch's 2 tasks split over 2 devices (one device
+    # compiles one supernet copy per task: a larger meta-batch costs minutes here)
+    def metanas(mesh_value, name):
+        c = load_config("metanas_digits")
+        apply_overrides(c, METANAS + [f"runtime.mesh={mesh_value}"])
+        return pipeline.meta_train(c, Path(tmp) / name)
+
+    m1, m2 = metanas(1, "metanas-one"), metanas(2, "metanas-two")
+    assert m1["meta_arch"] == m2["meta_arch"], (m1["meta_arch"], m2["meta_arch"])
+    np.testing.assert_allclose(m2["history"], m1["history"], rtol=1e-4, atol=1e-6)
+    print("metanas", f"{time.time() - t0:.1f}s", flush=True)
+    c = load_config("metanas_digits")
+    apply_overrides(c, METANAS + ["runtime.mesh=auto"])  # 2 tasks on 8 devices
+    try:
+        builders.check_config(c, source=False)
+        raise AssertionError("expected ValueError")
+    except ValueError as e:
+        assert "meta.metanas.meta_batch=2" in str(e), e
     c = load_config("default")
     apply_overrides(c, JOB + ["train.batch_size=36"])
     try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from metanas_jax.nn.fastconv import Conv
 from metanas_jax.nn.ops import (NORM_STATS, ConvBN, FactorizedReduce, Norm, SepConv, avg_pool,
-                                max_pool, subsample)
+                                max_pool, subsample, zeros_as)
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.darts import Darts
 from metanas_jax.spaces.nb201 import NB201, NB201_EDGES
@@ -136,7 +136,7 @@ class DartsCell(nn.Module):
         nodes = self.space.nodes
         inputs = jnp.stack([s0, s1])
         if self.reduction:  # buffer of the nodes only; inputs are read from `inputs`
-            buf, first = jnp.zeros((nodes,) + subsample(s1, 2).shape, s1.dtype), 2
+            buf, first = zeros_as((nodes,) + subsample(s1, 2).shape, s1), 2  # scan carry
         else:  # one buffer: inputs, then nodes
             buf, first = jnp.concatenate([inputs, jnp.zeros((nodes,) + s1.shape, s1.dtype)]), 0
         for name, stride, ids in edge_groups(self.space, self.reduction):

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metanas_jax.nn.ops import NORM_STATS, ConvBN, SepConv, fit_channels, max_pool, pool2, subsample
+from metanas_jax.nn.ops import (NORM_STATS, ConvBN, SepConv, fit_channels, max_pool, pool2, subsample,
+                                zeros_as)
 from metanas_jax.spaces import Arch
 from metanas_jax.spaces.macro32 import Macro32
 
@@ -156,9 +157,9 @@ class MacroSupernet(nn.Module):
         cmax = max(sp.widths)
         h = ConvBN(sp.stem_width, sp.stem_kernel, dtype=self.dtype, name="stem")(x, 1, train)
         shapes = level_shapes(*x.shape[1:3])
-        feats = tuple([fit_channels(h, cmax)] + [jnp.zeros((x.shape[0], a, b, cmax), h.dtype)
+        feats = tuple([fit_channels(h, cmax)] + [zeros_as((x.shape[0], a, b, cmax), h)
                                                   for a, b in shapes[1:]])
-        mass = jnp.zeros(len(shapes)).at[0].set(1.0)
+        mass = zeros_as((len(shapes),), h, jnp.float32).at[0].set(1.0)
         layers = nn.scan(MacroLayer, variable_axes={"params": 0, NORM_STATS: 0},
                          split_rngs={"params": True},
                          length=sp.layers)(sp, self.dtype, name="layers")

@@ -179,6 +179,16 @@ def avg_pool(x, stride=1):
                        count_include_pad=False)
 
 
+def zeros_as(shape, like, dtype=None):
+    """Zeros of ``shape`` computed from ``like`` (plus ``0 * like[first element]``), not a
+    constant. Why: inside ``shard_map`` (a sharded meta-step) a scan carry must vary over
+    the devices exactly as the carry its body returns, which depends on the sharded
+    weights; a constant initial carry does not, and scan refuses it. Elsewhere adding zero
+    changes nothing."""
+    zero = 0 * like[(slice(0, 1),) * like.ndim].reshape(())
+    return jnp.zeros(shape, dtype or like.dtype) + zero.astype(dtype or like.dtype)
+
+
 def fit_channels(x, channels: int):
     """Zero-pad or truncate the channel axis to ``channels`` (parameter-free width change)."""
     c = x.shape[-1]

@@ -342,10 +342,14 @@ class Evaluator:
     def meta_train(self, key: jax.Array, data: MetaTasks, *, steps: int = 1000,
                    batch_tasks: int = 8, n_support: int = 64, n_query: int = 64,
                    lr: float = 1e-3, p_unknown: float = 0.5, params: dict | None = None,
-                   log_every: int = 0) -> tuple[dict, np.ndarray]:
+                   log_every: int = 0, mesh=None) -> tuple[dict, np.ndarray]:
         """Outer loop: Adam on the mean query loss of ``batch_tasks`` episodes per step.
 
-        Returns the meta-parameters and the per-step training losses.
+        ``mesh`` (a ``jax.sharding.Mesh`` with axis ``"data"``, see
+        :mod:`metanas_jax.parallel`): each step's episodes are split over its devices
+        (padded to a multiple of the mesh size with copies that weigh nothing) and the
+        compiler averages their gradients; parameters and data are replicated. Returns
+        the meta-parameters (host arrays) and the per-step training losses.
         """
         check_meta_tasks(self.space, data)
         n = data.scores.shape[1]
@@ -354,23 +358,33 @@ class Evaluator:
                              f"scored architectures per task")
         if steps < 1 or batch_tasks < 1:
             raise ValueError(f"need steps >= 1 and batch_tasks >= 1, got {steps}, {batch_tasks}")
+        mesh = mesh if mesh is not None and mesh.size > 1 else None
         k_init, key = jax.random.split(key)
         if params is None:
             params = self.init(k_init, jax.tree.map(lambda a: a[0], data.task))
         opt = _meta_optimizer(float(lr))
         losses = []
         opt_state = opt.init(params)
+        if mesh is not None:
+            from metanas_jax import parallel
+            params, opt_state, data = parallel.put_replicated(
+                parallel.to_local((params, opt_state, data)), mesh)
         done = 0
         while done < steps:
             chunk = min(50, steps - done)
             run = _meta_train_chunk(self, float(lr), batch_tasks, n_support, n_query,
-                                    float(p_unknown), chunk)
+                                    float(p_unknown), chunk, mesh)
             key, sub = jax.random.split(key)
+            sub = jax.random.key_data(sub)  # raw bits: a host array every process can place
+            if mesh is not None:
+                sub = parallel.put_replicated(np.asarray(sub), mesh)
             params, opt_state, l = run(params, opt_state, data, sub)
-            losses.append(np.asarray(l))
+            losses.append(np.asarray(l.addressable_data(0)))
             done += chunk
             if log_every and (done % log_every < chunk or done == steps):
                 log.info("evaluator meta-train step %d: loss %.5f", done, float(np.mean(losses[-1])))
+        if mesh is not None:
+            params = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), params)
         return params, np.concatenate(losses)
 
 
@@ -386,26 +400,36 @@ def _meta_optimizer(lr: float):
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_train_chunk(ev: Evaluator, lr, batch_tasks, n_support, n_query, p_unknown, chunk):
+def _meta_train_chunk(ev: Evaluator, lr, batch_tasks, n_support, n_query, p_unknown, chunk,
+                      mesh=None):
     """One jitted program per setting, shared by every ``meta_train`` call (the folds of
-    :func:`cross_validate` reuse it instead of compiling it again)."""
+    :func:`cross_validate` reuse it instead of compiling it again). With ``mesh`` the
+    episodes of a step are sharded over its ``"data"`` axis (GSPMD partitions the rest)."""
     opt = _meta_optimizer(lr)
     def one_step(carry, key):
         params, opt_state, data = carry
         eps = jax.vmap(lambda k: ev.sample_episode(k, data, n_support, n_query, p_unknown))(
             jax.random.split(key, batch_tasks))
+        weight = None
+        if mesh is not None:
+            rows = jnp.arange(-(-batch_tasks // mesh.size) * mesh.size)
+            eps = jax.tree.map(lambda a: a[rows % batch_tasks], eps)
+            weight = jnp.where(rows < batch_tasks, 1.0 / batch_tasks, 0.0)
+            eps = jax.lax.with_sharding_constraint(
+                eps, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
         def batch_loss(p):
-            return jnp.mean(jax.vmap(lambda *e: ev.episode_loss(p, *e))(*eps))
+            losses = jax.vmap(lambda *e: ev.episode_loss(p, *e))(*eps)
+            return jnp.mean(losses) if weight is None else jnp.sum(weight * losses)
 
         l, g = jax.value_and_grad(batch_loss)(params)
         upd, opt_state = opt.update(g, opt_state, params)
         return (optax.apply_updates(params, upd), opt_state, data), l
 
     @jax.jit
-    def run(params, opt_state, data, key):
-        (params, opt_state, _), ls = jax.lax.scan(one_step, (params, opt_state, data),
-                                                  jax.random.split(key, chunk))
+    def run(params, opt_state, data, key_data):
+        keys = jax.random.split(jax.random.wrap_key_data(key_data), chunk)
+        (params, opt_state, _), ls = jax.lax.scan(one_step, (params, opt_state, data), keys)
         return params, opt_state, ls
 
     return run

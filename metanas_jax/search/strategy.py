@@ -151,7 +151,7 @@ def search_outcome(history: History, pool_scores: jax.Array) -> jax.Array:
 def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Array,
                         key: jax.Array, *, rounds: int, iterations: int = 10,
                         population: int = 8, seeds: int = 2, sigma: float = 0.3,
-                        lr: float = 0.2, log_every: int = 0):
+                        lr: float = 0.2, log_every: int = 0, mesh=None):
     """Evolution strategies on ``searcher.strategy`` over simulated searches.
 
     ``searcher`` is a :class:`~metanas_jax.search.meta_searcher.MetaSearcher` (its
@@ -161,6 +161,9 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
     antithetic perturbations on ``T x seeds`` searches of ``rounds`` rounds (same seeds
     for all perturbations) and takes an Adam step on the rank-weighted estimate.
     Returns the searcher with the learned strategy and the mean outcome per iteration.
+    ``mesh`` (axis ``"data"``, :mod:`metanas_jax.parallel`): the ``2 * population``
+    perturbations are split over its devices (padded to a multiple of the mesh size with
+    copies whose outcomes are dropped).
     """
     from metanas_jax.search.searcher import scan_search
 
@@ -179,7 +182,17 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
     # (pop,) x (tasks,) x (seeds,)
     over_seeds = jax.vmap(outcome, in_axes=(None, None, None, None, 0))
     over_tasks = jax.vmap(over_seeds, in_axes=(None, 0, 0, 0, 0))
-    over_pop = jax.jit(jax.vmap(over_tasks, in_axes=(0, None, None, None, None)))
+    over_pop = jax.vmap(over_tasks, in_axes=(0, None, None, None, None))
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    if mesh is None:
+        over_pop = jax.jit(over_pop)
+    else:
+        from metanas_jax import parallel
+        rep = parallel.replicated(mesh)
+        over_pop = jax.jit(over_pop, in_shardings=(parallel.sharded(mesh), rep, rep, rep, rep),
+                           out_shardings=rep)
+        tasks, pool_zs, pool_scores = parallel.put_replicated(
+            parallel.to_local((tasks, pool_zs, pool_scores)), mesh)
 
     theta = searcher.strategy.as_vector()
     opt = optax.adam(lr)
@@ -190,7 +203,16 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
         eps = jax.random.normal(k_eps, (population, theta.shape[0]))
         cand = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
         keys = jax.random.split(k_run, n_tasks * seeds).reshape(n_tasks, seeds)
-        fit = over_pop(cand, tasks, pool_zs, pool_scores, keys).mean(axis=(1, 2))
+        if mesh is not None:  # host values every process holds alike -> global arrays
+            rows = np.arange(-(-cand.shape[0] // mesh.size) * mesh.size) % cand.shape[0]
+            keys = jax.random.wrap_key_data(
+                parallel.put_replicated(np.asarray(jax.random.key_data(keys)), mesh))
+            fit = over_pop(parallel.put_sharded(np.asarray(cand)[rows], mesh), tasks, pool_zs,
+                           pool_scores, keys)
+            fit = jnp.asarray(parallel.to_local(fit))[: cand.shape[0]]
+        else:
+            fit = over_pop(cand, tasks, pool_zs, pool_scores, keys)
+        fit = fit.mean(axis=(1, 2))
         ranks = jnp.argsort(jnp.argsort(fit)).astype(jnp.float32) / (fit.shape[0] - 1) - 0.5
         grad = -(ranks[:population] - ranks[population:]) @ eps / (population * sigma)
         upd, opt_state = opt.update(grad, opt_state, theta)
