@@ -84,21 +84,56 @@ def test_job_on_8_devices_equals_one_device(tmp_path):
     assert "OK job" in out, out
 
 
+def _killed(commands, env, cwd, grace=60):
+    """Run the commands as concurrent processes that are expected to die (fault
+    injection); once the first has ended the others get ``grace`` seconds, then SIGKILL
+    (a process whose peer died can wait long in a collective). Their return codes."""
+    procs = [subprocess.Popen(c, env=env, cwd=str(cwd), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for c in commands]
+    t0, first = time.time(), None
+    while any(p.poll() is None for p in procs) and time.time() - t0 < TIMEOUT:
+        if first is None and any(p.poll() is not None for p in procs):
+            first = time.time()
+        if first is not None and time.time() - first > grace:
+            break
+        time.sleep(1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
+
+
 @pytest.mark.skipif(os.environ.get("METANAS_TEST_MULTIPROCESS_JOB") != "1",
                     reason="minutes on 2 cores: set METANAS_TEST_MULTIPROCESS_JOB=1")
-def test_job_on_two_processes(tmp_path):
-    """``metanas run`` (tiny) as 2 processes x 2 devices joined by --coordinator flags:
-    completes, one workdir, written once (process 0 prints the summary)."""
-    wd = tmp_path / "wd"
-    args = ["run", "--workdir", str(wd), "--no-progress", "--coordinator", f"127.0.0.1:{_free_port()}",
-            "--num-processes", "2", *[f"--config.{o}" for o in JOB]]
+def test_job_on_two_processes_killed_and_resumed(tmp_path):
+    """``metanas run`` (tiny) as 2 processes x 2 devices joined by --coordinator flags,
+    both SIGKILLed right after the search stage's first checkpoint, then started again:
+    it resumes and completes in one workdir, written once (process 0 prints the summary),
+    with the search results, architecture and accuracies of a one-process, one-device run
+    (train losses up to float summation order)."""
+    wd, ref = tmp_path / "wd", tmp_path / "ref"
     env = {**_env(2), "PYTHONPATH": os.path.dirname(os.path.dirname(HERE))}
-    outs = _processes([[sys.executable, "-m", "metanas_jax", *args, "--process-id", str(i)]
-                       for i in range(2)], env, tmp_path)
+
+    def commands():
+        args = ["run", "--workdir", str(wd), "--no-progress", "--coordinator",
+                f"127.0.0.1:{_free_port()}", "--num-processes", "2", *[f"--config.{o}" for o in JOB]]
+        return [[sys.executable, "-m", "metanas_jax", *args, "--process-id", str(i)] for i in range(2)]
+
+    codes = _killed(commands(), {**env, "METANAS_FAULT": "search:1"}, tmp_path)
+    assert codes[0] == -9, codes  # process 0 died at the fault, not of an error
+    assert (wd / "ckpt" / "search").is_dir() and not (wd / "search.json").exists()
+    outs = _processes(commands(), env, tmp_path)
     assert "best architecture" in outs[0][0] and "metanas summary" not in outs[1][0]
-    search, final, _ = _job_results(wd)
-    assert final[0] and (wd / "report" / "report.md").is_file() and (wd / "export").is_dir()
-    assert len(search["meta"][1]) == 8
+    assert (wd / "report" / "report.md").is_file() and (wd / "export").is_dir()
+    _processes([[sys.executable, "-m", "metanas_jax", "run", "--workdir", str(ref), "--no-progress",
+                 *[f"--config.{o}" for o in JOB], "--config.runtime.mesh=1"]],
+               {**_env(1), "PYTHONPATH": env["PYTHONPATH"]}, tmp_path)
+    (s2, f2, l2), (s1, f1, l1) = _job_results(wd), _job_results(ref)
+    assert s2 == s1, (s2, s1)
+    assert f2 == f1, (f2, f1)
+    import numpy as np
+    np.testing.assert_allclose(l2, l1, rtol=1e-4)
 
 
 def test_runtime_mesh_validation(monkeypatch):
