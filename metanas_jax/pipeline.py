@@ -229,27 +229,31 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
     history = list(rec.get("history", []))
+
+    def sample(key):  # the tasks of a step: a pure function of the state's key and step
+        idx = np.asarray(parallel.to_local(jax.random.choice(key, n_tasks, (mb,), replace=False)))
+        batch = data.TaskBatch(*(np.asarray(a)[idx] for a in tasks))
+        return batch if mesh is None else parallel.put_sharded(batch, mesh)
+
+    def after_step(state, m):
+        done = int(parallel.to_local(state.step))
+        if not np.isfinite(m["loss"]):
+            raise FloatingPointError(f"stage meta-train (MetaNAS): the meta-loss became "
+                                     f"non-finite at step {done} (lower meta.metanas.meta_lr, "
+                                     f"now {g.meta_lr}, or inner_lr, now {g.inner_lr})")
+        history.append([m["loss"], m["accuracy"]])
+        metrics.log(phase="metanas", step=done, loss=m["loss"], accuracy=m["accuracy"],
+                    support_loss_before=m["support_loss_before"],
+                    support_loss_last=m["support_loss_last"])
+        bar.update(1)
+        bar.set_postfix(query_acc=f"{m['accuracy']:.3f}")
+        if done % every == 0 and done < total:
+            ck.save(done, state, {"phase": "metanas", "history": history,
+                                  "seconds": time.perf_counter() - t_start})
+
     with _bar(cfg, total=total, initial=step, desc="meta-train: MetaNAS", unit="step") as bar:
-        while step < total:
-            idx = np.asarray(jax.random.choice(jax.random.fold_in(keys["experience"], step),
-                                               n_tasks, (mb,), replace=False))
-            batch = data.TaskBatch(*(np.asarray(a)[idx] for a in tasks))
-            state, m = meta_step(state, batch if mesh is None else parallel.put_sharded(batch, mesh))
-            step += 1
-            m = {k: float(v) for k, v in parallel.to_local(m).items()}
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"stage meta-train (MetaNAS): the meta-loss became "
-                                         f"non-finite at step {step} (lower meta.metanas.meta_lr, "
-                                         f"now {g.meta_lr}, or inner_lr, now {g.inner_lr})")
-            history.append([m["loss"], m["accuracy"]])
-            metrics.log(phase="metanas", step=step, loss=m["loss"], accuracy=m["accuracy"],
-                        support_loss_before=m["support_loss_before"],
-                        support_loss_last=m["support_loss_last"])
-            bar.update(1)
-            bar.set_postfix(query_acc=f"{m['accuracy']:.3f}")
-            if step % every == 0 and step < total:
-                ck.save(step, state, {"phase": "metanas", "history": history,
-                                      "seconds": time.perf_counter() - t_start})
+        state, _ = M.meta_train(meta_step, state, sample, total - step, log=None,
+                                callback=after_step)
     record = {"phase": "metanas", "done": True, "history": history, "seconds": time.perf_counter() - t_start,
               "meta_arch": str(prep.space.decode(np.asarray(prep.space.project(parallel.to_local(state.arch)))))}
     ck.save(total + 1, state, record)

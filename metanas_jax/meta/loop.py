@@ -10,12 +10,15 @@ import numpy as np
 
 def meta_train(meta_step: Callable, state, sample_fn: Callable, num_steps: int,
                time_budget_s: float | None = None, log_every: int = 100,
-               log: Callable[[str], None] | None = print):
+               log: Callable[[str], None] | None = print,
+               callback: Callable[[object, dict], None] | None = None):
     """Run up to ``num_steps`` meta-steps (or until ``time_budget_s`` of wall time).
 
     Step ``i``'s episodes are ``sample_fn(fold_in(state.key, step))``, so a run is a pure
-    function of the initial state. Returns ``(state, history)``: history holds the mean
-    metrics of each ``log_every`` window plus ``wall_s``.
+    function of the initial state, and a run continued from a saved state repeats an
+    uninterrupted one. ``callback(state, metrics)`` runs after every step with the step's
+    metrics as host floats (a driver's checks, logging and checkpoints). Returns ``(state,
+    history)``: history holds the mean metrics of each ``log_every`` window plus ``wall_s``.
     """
     if num_steps < 0:
         raise ValueError(f"meta_train: num_steps must be >= 0, got {num_steps}")
@@ -25,7 +28,9 @@ def meta_train(meta_step: Callable, state, sample_fn: Callable, num_steps: int,
     for _ in range(num_steps):
         key = jax.random.fold_in(state.key, state.step)
         state, metrics = meta_step(state, sample_fn(key))
-        window.append(jax.device_get(metrics))
+        window.append(_host(metrics))
+        if callback is not None:
+            callback(state, window[-1])
         done = time_budget_s is not None and time.time() - t0 >= time_budget_s
         if len(window) == log_every or done:
             row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
@@ -42,3 +47,10 @@ def meta_train(meta_step: Callable, state, sample_fn: Callable, num_steps: int,
         row.update(step=int(state.step), wall_s=time.time() - t0)
         history.append(row)
     return state, history
+
+
+def _host(metrics) -> dict:
+    """Host floats of a step's metrics; of a replicated multi-process array this process's
+    copy (``jax.device_get`` refuses arrays other processes hold)."""
+    return {k: float(np.asarray(v.addressable_data(0) if isinstance(v, jax.Array) else v))
+            for k, v in metrics.items()}
