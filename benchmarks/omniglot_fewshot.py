@@ -96,7 +96,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def build_pools(c):
     ds = data.load(c.source, split="all")
     if c.source.startswith("omniglot:"):
-        return data.omniglot_splits(ds, image_size=c.image_size, seed=c.split_seed)
+        return data.omniglot_splits(ds, image_size=c.image_size, seed=c.split_seed,
+                                    protocol=c.get("protocol", "random"))
     return data.class_split(ds, fractions=tuple(c.get("fractions", (0.64, 0.16, 0.2))),
                             seed=c.split_seed, image_size=c.image_size)
 

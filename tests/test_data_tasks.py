@@ -187,6 +187,25 @@ def test_omniglot_splits_synthetic():
         data.omniglot_splits(ds)
 
 
+def test_omniglot_splits_lake_protocol_by_alphabet_part():
+    """Lake's protocol: the background part's characters train, the evaluation part's
+    test, whatever the seed and n_train_chars say; data without parts is refused."""
+    import dataclasses
+    ds = coded_dataset(num_classes=12, per_class=4, size=6)
+    bg_classes = [c for c in range(12) if c % 3]  # parts interleaved, not in label order
+    part = np.where(np.isin(np.asarray(ds.labels), bg_classes), 0, 1).astype(np.int32)
+    ds2 = dataclasses.replace(ds, meta={"part": part, "part_names": ("background", "evaluation")})
+    tr, va, te = data.omniglot_splits(ds2, image_size=None, n_val_chars=2, protocol="lake")
+    names = np.asarray(ds.class_names)
+    assert {n.rsplit("/", 1)[0] for n in tr.class_names} == set(names[bg_classes])
+    assert set(te.class_names) == set(names) - set(names[bg_classes]) and te.num_classes == 4
+    assert tr.num_classes == 4 * 8 and va.num_classes == 2
+    with pytest.raises(ValueError, match="protocol='lake' needs Omniglot"):
+        data.omniglot_splits(ds, image_size=None, protocol="lake")
+    with pytest.raises(ValueError, match="protocol must be"):
+        data.omniglot_splits(ds2, image_size=None, protocol="vinyals2")
+
+
 def test_class_split_digits():
     ds = data.load("digits", split="all", cache_dir=False)
     tr, va, te = data.class_split(ds, seed=0)
@@ -314,6 +333,10 @@ def test_shared_omniglot_protocol_and_sampling_speed(shared_cache):
     tr, va, te = data.omniglot_splits(ds, image_size=28)
     assert (tr.num_classes, va.num_classes, te.num_classes) == (4800, 100, 423)
     assert tr.images.shape == (4800, 20, 28, 28, 1) and te.per_class == 20
+    tr_l, _, lake = data.omniglot_splits(ds, image_size=28, protocol="lake")  # 964 / 659 characters
+    assert (tr_l.num_classes, lake.num_classes) == (964 * 4, 659)
+    alphabets = lambda pool: {n.split("/")[0] for n in pool.class_names}  # noqa: E731
+    assert not alphabets(tr_l) & alphabets(lake)  # tested on alphabets never seen
     key = jax.random.key(0)
     jax.block_until_ready(data.sample_episodes(key, tr, n_way=5, k_shot=1, n_query=15, num_tasks=32))
     b = data.sample_episodes(jax.random.key(1), tr, n_way=5, k_shot=1, n_query=15, num_tasks=32)

@@ -27,6 +27,7 @@ def omniglot_splits(
     n_val_chars: int = 100,
     disjoint_val: bool = False,
     test_rotations: bool = False,
+    protocol: str = "random",
 ) -> tuple[ClassPool, ClassPool, ClassPool]:
     """The standard Omniglot few-shot protocol (Vinyals et al. 2016).
 
@@ -45,9 +46,26 @@ def omniglot_splits(
     full 4,800 classes; ``disjoint_val=True`` removes them from training instead.
     ``n_val_chars=0`` gives an empty but valid pool (0 classes; sampling from it raises).
 
+    ``protocol="lake"`` (Lake et al. 2015) splits by alphabet instead: the 964 characters of
+    the background alphabets are for meta-training, the 659 of the evaluation alphabets
+    for meta-testing, so a model is tested on alphabets it never saw (``n_train_chars``
+    and ``seed`` are not used; the validation pool is the last ``n_val_chars`` background
+    characters). It needs the ``part`` of every image (``meta``, as ``omniglot:`` loads it).
+
     Returns ``(train_pool, val_pool, test_pool)``.
     """
     n_chars = ds.num_classes
+    if protocol not in ("random", "lake"):
+        raise ValueError(f"protocol must be 'random' or 'lake', got {protocol!r}")
+    if protocol == "lake":
+        if "part" not in ds.meta or "background" not in tuple(ds.meta.get("part_names", ())):
+            raise ValueError("protocol='lake' needs Omniglot with its background/evaluation part of "
+                             "every image (load('omniglot:PATH', split='all'))")
+        bg = tuple(ds.meta["part_names"]).index("background")
+        first = np.unique(np.asarray(ds.labels), return_index=True)[1]  # an image of each class
+        is_bg = np.asarray(ds.meta["part"])[first] == bg
+        n_train_chars, seed = int(is_bg.sum()), None
+        order = np.concatenate([np.flatnonzero(is_bg), np.flatnonzero(~is_bg)])
     if not 0 < n_train_chars < n_chars:
         raise ValueError(
             f"n_train_chars={n_train_chars} must be between 1 and the number of characters minus 1 "
@@ -59,7 +77,8 @@ def omniglot_splits(
     u8 = resize_grouped(u8, image_size)
     if (rotations or test_rotations) and u8.shape[2] != u8.shape[3]:
         raise ValueError(f"rotations need square images, got {u8.shape[2]}x{u8.shape[3]}")
-    order = np.arange(n_chars) if seed is None else np.random.default_rng(seed).permutation(n_chars)
+    if protocol == "random":
+        order = np.arange(n_chars) if seed is None else np.random.default_rng(seed).permutation(n_chars)
     train_ids, test_ids = order[:n_train_chars], order[n_train_chars:]
     val_ids = train_ids[len(train_ids) - n_val_chars:] if n_val_chars else train_ids[:0]
     if disjoint_val and n_val_chars:
