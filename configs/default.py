@@ -78,6 +78,10 @@ def get_config(arg=None):
     c.search.n_random = 64            # strategy candidate pool
     c.search.n_starts = 8
     c.search.scratch_fit_steps = 100  # "scratch": evaluator fitting steps on each round's observations
+    c.search.pick = "score"           # what a method hands over: "score" = its best validation score,
+                                      # "model" = its own recommendation (search.recommend: for
+                                      # "meta"/"scratch" the evaluated architecture the adapted
+                                      # evaluator predicts best; a noisy proxy's argmax is often luck)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10

@@ -273,6 +273,9 @@ def from_workdir(workdir, method: str = "meta", prep: Prepared | None = None):
 
 
 # -- checks -----------------------------------------------------------------------------------
+PICKS = ("score", "model")  # search.pick: best validation score, or the searcher's recommendation
+
+
 def check_search(cfg) -> tuple[str, ...]:
     """``search.methods`` (known, each with the meta-learner it needs) and the search
     keys' ranges; returns the methods."""
@@ -288,6 +291,8 @@ def check_search(cfg) -> tuple[str, ...]:
     for name in ("budget", "batch_size", "scratch_fit_steps"):
         if int(cfg.search[name]) < 1:
             raise ValueError(f"search.{name} must be >= 1, got {cfg.search[name]}")
+    if cfg.search.get("pick", "score") not in PICKS:
+        raise ValueError(f"search.pick must be one of {list(PICKS)}, got {cfg.search.pick!r}")
     return methods
 
 

@@ -338,13 +338,14 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
                                   "seconds": time.perf_counter() - t_start})
             round_start[0] = time.perf_counter()
 
-        S.run_search(searcher, evaluate_round, budget, keys["search"], state=state,
-                     done=len(r["scores"]), on_ask=on_ask, callback=on_round)
+        state = S.run_search(searcher, evaluate_round, budget, keys["search"], state=state,
+                             done=len(r["scores"]), on_ask=on_ask, callback=on_round)
         bar.close()
         if len(r["diverged"]) == len(r["scores"]):
             _diverged_as_failures(np.full(len(r["scores"]), np.nan), f"search ({name})", cfg)
-        i = int(np.argmax(r["scores"]))
-        r.update(done=True, best_index=i, best_val=r["scores"][i],
+        pick = cfg.search.get("pick", "score")
+        i = int(np.argmax(r["scores"])) if pick == "score" else int(S.recommend(searcher, state))
+        r.update(done=True, best_index=i, best_val=r["scores"][i], picked_by=pick,
                  best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
         results[name] = r
         rec["current"] = None

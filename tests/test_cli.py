@@ -90,6 +90,34 @@ def test_searcher_from_a_finished_workdir(uninterrupted):
         mn.builders.from_workdir(wd / "nothing")
 
 
+def test_search_pick_model_hands_over_the_searchers_recommendation(uninterrupted, tmp_path):
+    """``search.pick="model"``: the meta-searcher's architecture is the evaluated one its
+    adapted evaluator predicts best (``search.recommend`` on the search's final state)."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    import metanas_jax as mn
+    from metanas_jax import builders, pipeline
+    from metanas_jax.config import apply_overrides, stored_config
+    wd_a, _ = uninterrupted
+    wd = tmp_path / "pick"
+    shutil.copytree(wd_a, wd)
+    shutil.rmtree(wd / "ckpt" / "search")
+    cfg = apply_overrides(stored_config(wd), ["search.pick=model"])
+    r = pipeline.search(cfg, wd)["results"]["meta"]
+    searcher, _, _ = mn.builders.from_workdir(wd, method="meta")
+    state, b = searcher.init(builders.keys(cfg)["search"]), int(cfg.search.batch_size)
+    tell = jax.jit(lambda s, st, z, y: s.tell(st, z, y))
+    for i in range(0, len(r["scores"]), b):
+        state = tell(searcher, state, jnp.asarray(r["zs"][i:i + b]), jnp.asarray(r["scores"][i:i + b]))
+    assert r["picked_by"] == "model"
+    assert r["best_index"] == int(mn.search.recommend(searcher, state))
+    assert r["best_val"] == r["scores"][r["best_index"]]
+    with pytest.raises(ValueError, match="search.pick must be one of"):
+        builders.check_search(apply_overrides(stored_config(wd), ["search.pick=luck"]))
+
+
 @pytest.mark.slow
 def test_kill_in_every_stage_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
     """SIGKILL right after the first checkpoint of each stage in turn (meta-train mid-
