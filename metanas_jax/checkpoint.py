@@ -199,6 +199,8 @@ class StageCheckpoints:
                 try:
                     arrays, record = self._restore(step, arrays, like)
                 except Exception as e:  # noqa: BLE001
+                    if like is not None and self._readable(step, arrays):
+                        raise  # the files are fine: placing them failed (devices, memory)
                     self._set_aside(step, e)
                     continue
             return int(step), _assemble(arrays, meta, like), record
@@ -219,6 +221,15 @@ class StageCheckpoints:
         out = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
         return out["state"], _checked_record(out["record"])
+
+    def _readable(self, step: int, stored: dict) -> bool:
+        """Whether the step reads back to the host: a failure to restore into a template
+        is damage only if this fails too."""
+        try:
+            self._restore(step, stored, None)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
 
     def _restore_legacy(self, step: int, like):
         """``(arrays, meta, record)`` of a checkpoint written before key paths (the state
@@ -243,7 +254,11 @@ class StageCheckpoints:
         log.warning("checkpoint %s is damaged (%s); moved to %s, falling back to the previous "
                     "one", src, reason, dst.name)
         self._mngr.close()
-        src.rename(dst)
+        if jax.process_index() == 0:  # one process moves it; the others wait for that
+            src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"metanas set aside {src}")
         self._mngr = self._manager()
 
     def close(self):

@@ -163,9 +163,10 @@ def result_part(d: dict) -> dict:
 
 
 def config_diff(old: dict, new: dict) -> tuple[dict, dict, list[str]]:
-    """``(old flat, new flat, differing keys)`` of a stored (:func:`migrate`\ d) and a
-    current config dict (result keys only). A key added to the library since the workdir was made agrees when
-    it holds the default config's value (what the old code did before it became a key)."""
+    """``(old flat, new flat, differing keys)`` of a stored config dict (after
+    :func:`migrate`) and a current one (result keys only). A key added to the library since
+    the workdir was made agrees when it holds the default config's value (what the old code
+    did before it became a key)."""
     a, b = _flatten(result_part(old)), _flatten(result_part(new))
     try:
         defaults = _flatten(result_part(to_dict(load_config())))

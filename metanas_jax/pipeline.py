@@ -345,6 +345,8 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
             _diverged_as_failures(np.full(len(r["scores"]), np.nan), f"search ({name})", cfg)
         pick = cfg.search.get("pick", "score")
         i = int(np.argmax(r["scores"])) if pick == "score" else int(S.recommend(searcher, state))
+        if i in set(r["diverged"]):  # a model may still rank a failed candidate first
+            i = int(np.argmax(r["scores"]))
         r.update(done=True, best_index=i, best_val=r["scores"][i], picked_by=pick,
                  best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
         results[name] = r

@@ -191,10 +191,12 @@ def write_report(workdir) -> Path:
         res = s["results"]
         plot_search(res, out / "search.png")
         lines += ["## Search on the new task", "",
-                  "| method | evaluations | best val acc | found at | best architecture |", "|---|---|---|---|---|"]
+                  "| method | evaluations | picked by | val acc | found at | picked architecture |",
+                  "|---|---|---|---|---|---|"]
         for name, r in res.items():
-            i = int(np.argmax(r["scores"]))
-            lines.append(f"| {name} | {len(r['scores'])} | {r['scores'][i]:.4f} | {i + 1} | `{_cell(r.get('best_arch', ''))}` |")
+            i = int(r.get("best_index", np.argmax(r["scores"])))
+            lines.append(f"| {name} | {len(r['scores'])} | {r.get('picked_by', 'score')} | "
+                         f"{r['scores'][i]:.4f} | {i + 1} | `{_cell(r.get('best_arch', ''))}` |")
         lines += ["", "![best so far](search.png)", ""]
         for name in ("meta", "scratch"):
             if name in res and any(p is not None for p in res[name]["predicted"]):

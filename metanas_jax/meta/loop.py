@@ -50,7 +50,7 @@ def meta_train(meta_step: Callable, state, sample_fn: Callable, num_steps: int,
 
 
 def _host(metrics) -> dict:
-    """Host floats of a step's metrics; of a replicated multi-process array this process's
-    copy (``jax.device_get`` refuses arrays other processes hold)."""
+    """Host floats of a step's metrics: this process's copy of each (the same on every
+    process for the replicated metrics of a sharded step)."""
     return {k: float(np.asarray(v.addressable_data(0) if isinstance(v, jax.Array) else v))
             for k, v in metrics.items()}

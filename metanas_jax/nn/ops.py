@@ -180,12 +180,13 @@ def avg_pool(x, stride=1):
 
 
 def zeros_as(shape, like, dtype=None):
-    """Zeros of ``shape`` computed from ``like`` (plus ``0 * like[first element]``), not a
-    constant. Why: inside ``shard_map`` (a sharded meta-step) a scan carry must vary over
-    the devices exactly as the carry its body returns, which depends on the sharded
-    weights; a constant initial carry does not, and scan refuses it. Elsewhere adding zero
-    changes nothing."""
-    zero = 0 * like[(slice(0, 1),) * like.ndim].reshape(())
+    """Zeros of ``shape`` computed from ``like`` (a zero selected next to ``like``'s first
+    element), not a constant. Why: inside ``shard_map`` (a sharded meta-step) a scan carry
+    must vary over the devices exactly as the carry its body returns, which depends on the
+    sharded weights; a constant initial carry does not, and scan refuses it. The values
+    are exact zeros, whatever ``like`` holds (NaN included)."""
+    first = like[(slice(0, 1),) * like.ndim].reshape(())
+    zero = jnp.where(True, jnp.zeros((), first.dtype), first)
     return jnp.zeros(shape, dtype or like.dtype) + zero.astype(dtype or like.dtype)
 
 

@@ -349,7 +349,8 @@ class Evaluator:
         :mod:`metanas_jax.parallel`): each step's episodes are split over its devices
         (padded to a multiple of the mesh size with copies that weigh nothing) and the
         compiler averages their gradients; parameters and data are replicated. Returns
-        the meta-parameters (host arrays) and the per-step training losses.
+        the meta-parameters (host arrays when ``mesh`` is given) and the per-step training
+        losses.
         """
         check_meta_tasks(self.space, data)
         n = data.scores.shape[1]
@@ -375,15 +376,14 @@ class Evaluator:
             run = _meta_train_chunk(self, float(lr), batch_tasks, n_support, n_query,
                                     float(p_unknown), chunk, mesh)
             key, sub = jax.random.split(key)
-            sub = jax.random.key_data(sub)  # raw bits: a host array every process can place
-            if mesh is not None:
-                sub = parallel.put_replicated(np.asarray(sub), mesh)
+            if mesh is not None:  # a global key every process places alike
+                sub = parallel.put_replicated(sub, mesh)
             params, opt_state, l = run(params, opt_state, data, sub)
             losses.append(np.asarray(l.addressable_data(0)))
             done += chunk
             if log_every and (done % log_every < chunk or done == steps):
                 log.info("evaluator meta-train step %d: loss %.5f", done, float(np.mean(losses[-1])))
-        if mesh is not None:
+        if mesh is not None:  # host copies of the replicated result
             params = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), params)
         return params, np.concatenate(losses)
 
@@ -426,13 +426,15 @@ def _meta_train_chunk(ev: Evaluator, lr, batch_tasks, n_support, n_query, p_unkn
         upd, opt_state = opt.update(g, opt_state, params)
         return (optax.apply_updates(params, upd), opt_state, data), l
 
-    @jax.jit
-    def run(params, opt_state, data, key_data):
-        keys = jax.random.split(jax.random.wrap_key_data(key_data), chunk)
-        (params, opt_state, _), ls = jax.lax.scan(one_step, (params, opt_state, data), keys)
+    def run(params, opt_state, data, key):
+        (params, opt_state, _), ls = jax.lax.scan(one_step, (params, opt_state, data),
+                                                  jax.random.split(key, chunk))
         return params, opt_state, ls
 
-    return run
+    if mesh is None:
+        return jax.jit(run)
+    # outputs replicated on every device, so each process reads them whole
+    return jax.jit(run, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 # -- reporting -------------------------------------------------------------------------------

@@ -205,8 +205,7 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
         keys = jax.random.split(k_run, n_tasks * seeds).reshape(n_tasks, seeds)
         if mesh is not None:  # host values every process holds alike -> global arrays
             rows = np.arange(-(-cand.shape[0] // mesh.size) * mesh.size) % cand.shape[0]
-            keys = jax.random.wrap_key_data(
-                parallel.put_replicated(np.asarray(jax.random.key_data(keys)), mesh))
+            keys = parallel.put_replicated(keys, mesh)
             fit = over_pop(parallel.put_sharded(np.asarray(cand)[rows], mesh), tasks, pool_zs,
                            pool_scores, keys)
             fit = jnp.asarray(parallel.to_local(fit))[: cand.shape[0]]
