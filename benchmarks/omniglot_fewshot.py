@@ -154,7 +154,7 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
         return data.sample_episodes(k, pool, d.n_way, d.k_shot, n_query, meta_batch)
 
     ck = StageCheckpoints(Path(workdir) / name) if workdir else None
-    latest = ck.latest() if ck else None
+    latest = ck.latest(lambda rec: None) if ck else None  # the record; the state below
     if latest is not None:  # meta-trained before: restore
         rec = latest[2]
         relevant = lambda cfg: {k: v for k, v in _flat(cfg).items()

@@ -171,7 +171,10 @@ class StageCheckpoints:
 
         ``like`` (a pytree of arrays or ``jax.ShapeDtypeStruct``s: a fresh state, or
         ``jax.eval_shape`` of its init) gives the state its structure, shapes, dtypes and
-        shardings (a leaf without one: the default device; a numpy leaf: numpy). A
+        shardings (a leaf without one: the default device; a numpy leaf: numpy). It may
+        also be a function of the step's record returning that template, or ``None`` to
+        read the record alone (state ``None``): the state is then read once, in the form
+        the record calls for (a finished stage's state differs from an unfinished one's). A
         checkpoint that does not fit it is a ``ValueError`` naming the first differing key
         path. Without ``like`` the state is the flat ``{keystr(path): numpy array}`` dict (typed
         keys as keys), for inspection and for states of a few arrays. Checkpoints of older
@@ -181,9 +184,16 @@ class StageCheckpoints:
         A damaged checkpoint (truncated, emptied or missing files: a disk error, a copy cut
         short) is moved aside to ``damaged-<step>`` with a one-line warning naming it, and
         the previous step is tried; with none readable the stage starts afresh."""
+        choose = like if callable(like) else None
         for step in sorted(self._mngr.all_steps(), reverse=True):
             where = self.directory / str(step)
             try:
+                if choose is not None:  # the record first: it says which template, if any
+                    record = _checked_record(self._mngr.restore(step, args=ocp.args.Composite(
+                        record=ocp.args.JsonRestore()))["record"])
+                    like = choose(record)
+                    if like is None:
+                        return int(step), None, record
                 md = self._mngr.item_metadata(step)["state"]
                 legacy = KEYS not in (md.custom_metadata or {})
                 if legacy:

@@ -217,8 +217,9 @@ def _meta_train_metanas(cfg, workdir: Path, prep: Prepared) -> dict:
     metrics = W.Metrics(workdir, "meta-train", cfg.runtime.tensorboard)
     keys = B.keys(cfg)
     learner, mcfg = B.metanas_learner(cfg, prep)
-    step, state, rec, t_start = W.resume(ck, {"seconds": 0.0, "history": []},
-                                         like=B.metanas_template(learner, mcfg, prep))
+    step, state, rec, t_start = W.resume(  # a finished stage: its record only
+        ck, {"seconds": 0.0, "history": []},
+        like=lambda rec: None if rec.get("done") else B.metanas_template(learner, mcfg, prep))
     if rec.get("done"):
         return rec
     tasks = B.nas_tasks(cfg, keys, prep)
@@ -270,7 +271,8 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     ck = StageCheckpoints(workdir / "ckpt" / "search")
     metrics = W.Metrics(workdir, "search", cfg.runtime.tensorboard)
     keys = B.keys(cfg)
-    step, _, rec, t_start = W.resume(ck, {"results": {}, "seconds": 0.0})
+    # the record only: a searcher's state is restored below, into that searcher's form
+    step, _, rec, t_start = W.resume(ck, {"results": {}, "seconds": 0.0}, like=lambda rec: None)
     if rec.get("done"):
         return rec
     results = rec["results"]
@@ -372,13 +374,14 @@ def final_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     arch = prep.space.make_arch(srec["results"][primary]["best_choices"])
     ck = StageCheckpoints(workdir / "ckpt" / "train")
     metrics = W.Metrics(workdir, "train", cfg.runtime.tensorboard)
-    latest = ck.latest()
+    # a finished stage: its record; else the training state, restored into its template
+    latest = ck.latest(lambda rec: None if rec.get("done") else _template_state(prep, arch, fcfg))
     if latest is not None and latest[2].get("done"):
         return latest[2]
     key = B.keys(cfg)["train"]
     start, seconds0 = None, 0.0
-    if latest is not None:  # resumed: the training state, restored into its template
-        step, state, rec = ck.latest(_template_state(prep, arch, fcfg))
+    if latest is not None:  # resumed
+        step, state, rec = latest
         start, seconds0 = (step, state, rec["history"]), float(rec["seconds"])
     t_start = time.perf_counter() - seconds0
     every = max(1, int(cfg.runtime.checkpoint_every_epochs))

@@ -18,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from metanas_jax import parallel
@@ -92,19 +91,16 @@ def write_data(workdir: Path, description: dict) -> None:
 def stage_record(workdir: Path, stage: str, like=None):
     """``(step, state, record)`` of the stage's newest checkpoint if it is finished, its
     state restored into the template ``like`` (:meth:`StageCheckpoints.latest`). Without
-    ``like`` (summary, report: they read the record) the state is the flat dict, or ``None``
-    in a multi-process run: there one process may read alone while Orbax's checkpoint
-    managers synchronise every process, so the record is read directly."""
+    ``like`` (summary, report: they read the record) the state is ``None`` and the record
+    is read directly from its file: no arrays are read, and one process may read alone
+    (Orbax's checkpoint managers synchronise every process)."""
     ck = Path(workdir) / "ckpt" / stage
     if not ck.is_dir():
         return None
-    if jax.process_count() > 1 and like is None:
+    if like is None:
         latest = _latest_record(ck)
-    else:
-        cks = StageCheckpoints(ck)
-        latest = cks.latest()
-        if like is not None and latest is not None and latest[2].get("done"):
-            latest = cks.latest(like)  # an unfinished stage's state has another form
+    else:  # the state only of a finished stage (an unfinished one's has another form)
+        latest = StageCheckpoints(ck).latest(lambda rec: like if rec.get("done") else None)
     if latest is None or not latest[2].get("done"):
         return None
     return latest
