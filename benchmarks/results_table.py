@@ -80,10 +80,17 @@ def _load_range(runs) -> str:
     return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
 
 
-def _downsampling(r: dict) -> str:
-    """How the benchmarked network downsamples (results from before the option: stride)."""
-    red = r.get("space", {}).get("reduction", "stride")
-    return "convolution then 2x2 max-pool" if red == "pool" else "stride-2 convolutions"
+def _layout(r: dict) -> str:
+    """The benchmarked space's layout options (a result from before an option: its default)."""
+    sp = r.get("space", {})
+    parts = ["convolution then 2x2 max-pool" if sp.get("reduction") == "pool" else "stride-2 convolutions"]
+    if not sp.get("stem_norm", True):
+        parts.append("stem without batch norm")
+    parts.append({"relu": "ReLU", "gelu": "GELU"}.get(sp.get("activation", "relu"), sp.get("activation")))
+    parts.append(f"global {sp.get('head_pool', 'mean')}-pooling")
+    if sp.get("head_scale", 1.0) != 1.0:
+        parts.append(f"logits x {sp['head_scale']:.3g}")
+    return ", ".join(parts)
 
 
 def final_training() -> list[str]:
@@ -98,8 +105,9 @@ def final_training() -> list[str]:
                            for e in range(len(runs[0]["curve"])))
         std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
         lines += ["", f"Final training on CIFAR-10 (`{path.relative_to(ROOT)}`): the named `{r['arch_name']}` "
-                  f"network of the CIFAR space ({_downsampling(r)}), {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
+                  f"network of the CIFAR space ({_layout(r)}), {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
                   f"{cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, whitened stem {cfg['whiten_stem']}, "
+                  f"identity-initialised convolutions {cfg.get('dirac_init', False)}, "
                   f"test-time augmentation {cfg['tta']}; conv_impl {cfg['conv_impl']}, bf16 {cfg['bf16']}) on the 50,000 train "
                   f"images, {s['n']} seed{'s' * (s['n'] != 1)}: test accuracy **{s['test_acc_mean'] * 100:.2f}{std}%** after "
                   f"{s['train_seconds_mean'] / 60:.0f} min of training on {r['machine']['cores']} cores "
@@ -110,7 +118,7 @@ def final_training() -> list[str]:
     if path.is_file():
         r = json.loads(path.read_text())
         rows = {x["name"]: x for x in r["rows"]}
-        lines += ["", f"One training step of `{r['arch_name']}` ({_downsampling(r)}), batch {r['rows'][-1].get('batch', '')}, same run "
+        lines += ["", f"One training step of `{r['arch_name']}` ({_layout(r)}), batch {r['rows'][-1].get('batch', '')}, same run "
                   f"(`{path.relative_to(ROOT)}`; peak = this machine's measured matmul FLOP/s: "
                   f"{rows['peak/f32']['gflops']:.0f} GFLOP/s f32, {rows['peak/bf16']['gflops']:.0f} bf16):", "",
                   "| precision | JAX, lax.conv | JAX, im2col matmuls | % of peak (best) | PyTorch | best JAX / PyTorch |",

@@ -2,11 +2,13 @@
 ``benchmarks/bench_train.py`` (which runs this file in a subprocess and prints the ratio).
 
 The network is built from the architecture string as ``metanas_jax.nn.MacroNet`` builds it:
-stem conv (``stem_kernel``, no bias) -> BN -> ReLU, then per layer the op (conv-BN-ReLU with
-stride 2 for ``/2``; ``identity`` and ``max_pool3x3`` parameter-free, channels zero-padded
-to the width), ``+res`` adding the strided, zero-padded input (in a ``reduction="pool"``
-space: op and shortcut at stride 1, their sum 2x2 max-pooled), then mean pooling and a linear
-head. The step: SGD with Nesterov momentum and weight decay on label-smoothed cross
+stem conv (``stem_kernel``, no bias) -> BN -> act (``stem_norm=false``: conv with bias ->
+act), then per layer the op (conv-BN-act with stride 2 for ``/2``; ``identity`` and
+``max_pool3x3`` parameter-free, channels zero-padded to the width), ``+res`` adding the
+strided, zero-padded input (in a ``reduction="pool"`` space: op and shortcut at stride 1,
+their sum 2x2 max-pooled), then mean or max pooling (``head_pool``) and a linear head whose
+logits are scaled by ``head_scale``; act is ReLU or exact GELU (``activation``). The space's
+keys come as JSON (``--space``), as ``spaces.get("macro32", ...)`` takes them. The step: SGD with Nesterov momentum and weight decay on label-smoothed cross
 entropy, channels-last memory, float32 or bfloat16 autocast, ``--threads`` threads.
 Needs only torch (no jax), so it runs in any interpreter that has torch:
 
@@ -32,9 +34,14 @@ def parse(arch: str):
     return layers
 
 
-def build(torch, layers, stem_width, stem_kernel, num_classes=10, reduction="stride"):
+def build(torch, layers, space: dict, num_classes=10):
     nn = torch.nn
     F = torch.nn.functional
+    stem_width, stem_kernel = int(space.get("stem_width", 16)), int(space.get("stem_kernel", 3))
+    reduction = space.get("reduction", "stride")
+    act = F.gelu if space.get("activation", "relu") == "gelu" else F.relu
+    head_scale = float(space.get("head_scale", 1.0))
+    head_max = space.get("head_pool", "mean") == "max"
 
     def fit(x, c):
         if x.shape[1] == c:
@@ -44,24 +51,24 @@ def build(torch, layers, stem_width, stem_kernel, num_classes=10, reduction="str
         return F.pad(x, (0, 0, 0, 0, 0, c - x.shape[1]))
 
     class ConvBN(nn.Module):
-        def __init__(self, cin, cout, k, stride):
+        def __init__(self, cin, cout, k, stride, norm=True):
             super().__init__()
             # SAME padding as lax computes it (asymmetric for even kernels / strides)
             self.k, self.stride = k, stride
-            self.conv = nn.Conv2d(cin, cout, k, stride, 0, bias=False)
-            self.norm = nn.BatchNorm2d(cout)
+            self.conv = nn.Conv2d(cin, cout, k, stride, 0, bias=not norm)
+            self.norm = nn.BatchNorm2d(cout) if norm else nn.Identity()
 
         def forward(self, x):
             size = x.shape[-1]
             out = -(-size // self.stride)
             total = max((out - 1) * self.stride + self.k - size, 0)
             x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
-            return F.relu(self.norm(self.conv(x)))
+            return act(self.norm(self.conv(x)))
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.stem = ConvBN(3, stem_width, stem_kernel, 1)
+            self.stem = ConvBN(3, stem_width, stem_kernel, 1, bool(space.get("stem_norm", True)))
             self.ops = nn.ModuleList()
             self.spec = []
             c = stem_width
@@ -89,16 +96,16 @@ def build(torch, layers, stem_width, stem_kernel, num_classes=10, reduction="str
                 if res:
                     y = y + fit(x[:, :, ::s, ::s], width)
                 x = F.max_pool2d(y, 2, 2, ceil_mode=True) if pool else y
-            return self.head(x.mean((2, 3)))
+            pooled = x.amax((2, 3)) if head_max else x.mean((2, 3))
+            return self.head(pooled) * head_scale
     return Net()
 
 
-def bench(arch, stem_width=24, stem_kernel=2, batch=512, dtype="f32", repeats=5, threads=2,
-          reduction="stride"):
+def bench(arch, space: dict, batch=512, dtype="f32", repeats=5, threads=2):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = build(torch, parse(arch), stem_width, stem_kernel, reduction=reduction).to(
+    net = build(torch, parse(arch), space).to(
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
@@ -135,10 +142,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    space = json.loads(a.space)
-    print(json.dumps(bench(a.arch, int(space.get("stem_width", 16)), int(space.get("stem_kernel", 3)),
-                           a.batch, a.dtype, a.repeats, a.threads,
-                           space.get("reduction", "stride"))))
+    print(json.dumps(bench(a.arch, json.loads(a.space), a.batch, a.dtype, a.repeats, a.threads)))
 
 
 if __name__ == "__main__":

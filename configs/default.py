@@ -21,6 +21,10 @@ def get_config(arg=None):
     c.space.stem_width = 8
     c.space.stem_kernel = 3           # 2: a stem that train.whiten_stem can make a patch-whitening layer
     c.space.reduction = "stride"      # how a downsampling layer halves: "stride" (stride-2 op) or "pool" (op, then 2x2 max-pool)
+    c.space.stem_norm = True          # stem conv -> BN -> act; False: conv with bias -> act (airbench)
+    c.space.activation = "relu"       # of every convolution: "relu" or "gelu"
+    c.space.head_pool = "mean"        # global pooling before the classifier: "mean" or "max"
+    c.space.head_scale = 1.0          # the logits are multiplied by it (airbench: 1/9)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"          # data.load spec of the meta-training source
@@ -102,6 +106,7 @@ def get_config(arg=None):
     c.train.alternate_flip = False    # mirror each image every other epoch instead of at random
     c.train.tta = "none"              # test-time augmentation: "none", "flip", "flip_shift"
     c.train.whiten_stem = False       # frozen patch-whitening stem (needs space.stem_kernel = 2)
+    c.train.dirac_init = False        # convolutions start as identities (airbench's implicit residual)
     c.train.conv_impl = "auto"        # "auto" (matmul on CPU, xla elsewhere), "xla", "matmul"
     c.train.freeze_norm_scale = False # batch-norm scales stay one (airbench)
     c.train.norm_bias_lr_scale = 1.0  # batch-norm biases step lr x this (airbench: 64)

@@ -86,10 +86,9 @@ def get_config(arg="cpu"):
         c.data.num_tasks = 100
         c.data.target_train = 5000
         c.data.target_val = 1000
-        c.space.widths = spaces.CIFAR_SPACE["widths"]
-        c.space.stem_width = spaces.CIFAR_SPACE["stem_width"]
-        c.space.stem_kernel = spaces.CIFAR_SPACE["stem_kernel"]
-        c.space.reduction = spaces.CIFAR_SPACE["reduction"]
+        for key in ("widths", "stem_width", "stem_kernel", "reduction", "stem_norm", "activation",
+                    "head_pool", "head_scale"):
+            c.space[key] = spaces.CIFAR_SPACE[key]
         c.meta.archs_per_task = 64
         c.candidate.steps = 50
         c.candidate.chunk = 64

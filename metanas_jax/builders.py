@@ -75,10 +75,10 @@ def prepare(cfg) -> Prepared:
     """The space and the target task (loaded, split, subsampled for search)."""
     if cfg.space.name != "macro32":
         raise ValueError(f"space.name: the pipeline supports 'macro32' so far, got {cfg.space.name!r}")
-    space = spaces.get(cfg.space.name, layers=int(cfg.space.layers), ops=tuple(cfg.space.ops),
-                       widths=tuple(cfg.space.widths), stem_width=int(cfg.space.stem_width),
-                       stem_kernel=int(cfg.space.stem_kernel),
-                       reduction=str(cfg.space.get("reduction", "stride")))
+    # every key but the name is a field of the space (an unknown one is a clear error there);
+    # sequences become tuples, so the space stays hashable
+    space = spaces.get(cfg.space.name, **{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                          for k, v in cfg.space.items() if k != "name"})
     size = int(cfg.data.image_size) or None
     tr = data.load(cfg.data.target, split="train", image_size=size)
     te = data.load(cfg.data.target, split="test", image_size=size)

@@ -9,7 +9,8 @@ Two recipes share one code path, selected by the config's ``train`` keys (all va
   schedule, heavy label smoothing, an exponential moving average of the weights evaluated
   instead of them, alternating flips (every image is mirrored in exactly one of two
   consecutive epochs), a frozen patch-whitening first layer (the space's stem, when it is
-  a 2x2 convolution: ``space.stem_kernel = 2``) and test-time flip averaging.
+  a 2x2 convolution: ``space.stem_kernel = 2``), convolutions initialised as identities
+  (``dirac_init``) and test-time flip averaging.
 
 The core is pure: :func:`create_state` and the jitted :func:`make_train_step` /
 :func:`make_eval_step`. :func:`train` is the host loop; every epoch's data order and
@@ -50,12 +51,12 @@ RECIPES = {
     # airbench's rates per example at batch 512: lr 11.5 / (1024 (1 + 1 / (1 - 0.85))) per
     # summed-loss example = 0.75 on the mean loss; its decay per step (0.0153 x 512 / 7850 =
     # 0.001 of the weights, times the schedule) = lr x weight_decay; batch-norm scales frozen
-    # at one, their biases stepped 64x; the head's rate /9 (airbench scales its logits by
-    # 1/9: /81 on its weights, with larger, max-pooled features; /9 is our untuned middle).
+    # at one, their biases stepped 64x; the head at the common rate (airbench scales its
+    # logits by 1/9: a property of the space, ``head_scale``, as in ``spaces.CIFAR_SPACE``).
     "fast": dict(schedule="triangle", warmup_epochs=2, lr=0.75, momentum=0.85, nesterov=True,
                  weight_decay=0.001 / 0.75, label_smoothing=0.2, batch_size=512, crop_pad=2,
                  flip=True, alternate_flip=True, ema=0.99, tta="flip_shift", whiten_stem=True,
-                 freeze_norm_scale=True, norm_bias_lr_scale=64.0, head_lr_scale=1 / 9),
+                 freeze_norm_scale=True, norm_bias_lr_scale=64.0, dirac_init=True),
 }
 
 
@@ -78,6 +79,7 @@ class FinalTrainConfig:
     alternate_flip: bool = False     # mirror each image in every other epoch instead of at random
     tta: str = "none"                # test-time augmentation: "none", "flip", "flip_shift"
     whiten_stem: bool = False        # stem conv = frozen patch whitening of the training images
+    dirac_init: bool = False         # each conv's first min(in, out) filters start as identities
     conv_impl: str = "auto"          # convolutions (nn.fastconv): "auto" = "matmul" on CPU, "xla" elsewhere
     # per-group steps (airbench): a group's lr x scale, its decay per step unchanged
     freeze_norm_scale: bool = False  # batch-norm scales stay one (only their biases train)
@@ -260,6 +262,27 @@ def whitening_kernel(images, norm: Callable, kernel: int, width: int, eps: float
     return w.reshape(kernel, kernel, c, width).astype(np.float32)
 
 
+def dirac_kernels(params):
+    """``params`` with every dense convolution's (not the stem's, not a depthwise one's)
+    first ``min(in, out)`` filters set to the identity (a one at the centre tap of its own
+    channel): airbench's implicit residual, which lets a deep plain network train fast
+    from the first step. Other filters keep their random initialisation."""
+    flat = traverse_util.flatten_dict(params)
+    for path, w in flat.items():
+        if path[-1] != "kernel" or path[0] == "stem" or w.ndim != 4 or w.shape[2] == 1:
+            continue
+        kh, kw, cin, cout = w.shape
+        n = min(cin, cout)
+        eye = jnp.zeros((kh, kw, n, n), w.dtype).at[kh // 2, kw // 2].set(jnp.eye(n, dtype=w.dtype))
+        flat[path] = w.at[:, :, :n, :n].set(eye).at[:, :, n:, :n].set(0)
+    return traverse_util.unflatten_dict(flat)
+
+
+def _with_params(state: TrainState, params) -> TrainState:
+    ema = None if state.ema is None else {**state.ema, "params": jax.tree.map(jnp.copy, params)}
+    return state.replace(params=params, ema=ema)
+
+
 def with_whitened_stem(state: TrainState, images, norm: Callable) -> TrainState:
     """``state`` with its stem kernel (and the moving average's) replaced by
     :func:`whitening_kernel` of ``images``."""
@@ -271,9 +294,7 @@ def with_whitened_stem(state: TrainState, images, norm: Callable) -> TrainState:
     if kh != kw:
         raise ValueError(f"train.whiten_stem: stem kernel {kh}x{kw} is not square")
     flat[STEM_KERNEL] = jnp.asarray(whitening_kernel(images, norm, kh, width))
-    params = traverse_util.unflatten_dict(flat)
-    ema = None if state.ema is None else {**state.ema, "params": jax.tree.map(jnp.copy, params)}
-    return state.replace(params=params, ema=ema)
+    return _with_params(state, traverse_util.unflatten_dict(flat))
 
 
 def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Callable, mesh=None):
@@ -453,6 +474,8 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     if start is None:
         epoch0, history = 0, []
         state = create_state(net, k_init, ds.image_shape, tx, cfg)
+        if cfg.dirac_init:
+            state = _with_params(state, dirac_kernels(state.params))
         if cfg.whiten_stem:
             state = with_whitened_stem(state, ds.images, norm)
     else:

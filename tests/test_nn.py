@@ -9,8 +9,11 @@ from metanas_jax import spaces
 # small settings: the networks are the real ones, only narrower and shallower
 CASES = {
     "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
-    # conv then 2x2 max-pool; 12x12 inputs reach odd levels (3x3 -> 2x2)
-    "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool"), {}),
+    # conv then 2x2 max-pool; 12x12 inputs reach odd levels (3x3 -> 2x2); and the rest of
+    # the airbench shape (spaces.CIFAR_SPACE): stem without norm, GELU, scaled max-pool head
+    "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
+                                stem_norm=False, activation="gelu", head_pool="max",
+                                head_scale=1 / 9), {}),
     "nb201": (spaces.get("nb201"), dict(channels=4, cells_per_stage=1)),
     "darts": (spaces.get("darts", nodes=2), dict(channels=4, cells=3, stem_multiplier=2)),
 }

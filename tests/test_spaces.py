@@ -147,6 +147,12 @@ def test_bad_choices_and_configs():
         spaces.get("foo")
     with pytest.raises(ValueError, match="unknown op"):
         spaces.get("macro32", ops=("conv3x3", "conv9x9"))
+    with pytest.raises(ValueError, match="activation must be one of .* got 'tanh'"):
+        spaces.get("macro32", activation="tanh")
+    with pytest.raises(ValueError, match="head_pool must be one of .* got 'sum'"):
+        spaces.get("macro32", head_pool="sum")
+    with pytest.raises(ValueError, match="head_scale must be a positive number, got 0"):
+        spaces.get("macro32", head_scale=0)
     with pytest.raises(ValueError, match="unknown primitive"):
         spaces.get("darts", primitives=("none", "conv9"))
     with pytest.raises(ValueError, match="bad configuration"):

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from metanas_jax import data, spaces
+from metanas_jax import nn as mnn
 from metanas_jax import train as T
 from metanas_jax.checkpoint import StageCheckpoints
 from metanas_jax.export import load_model, save_model
@@ -208,6 +209,24 @@ def test_whitening_kernel_whitens_patches():
     np.testing.assert_allclose(np.cov(y.T, bias=True), np.eye(4), atol=0.05)
     with pytest.raises(ValueError, match="space.stem_width"):
         T.whitening_kernel(imgs, data.normalize, 2, 26)
+
+
+def test_dirac_kernels_start_as_identities():
+    """dirac_init: a convolution's first min(in, out) output channels copy its input
+    channels (airbench's implicit residual); the stem and the rest are untouched."""
+    space = spaces.get("macro32", layers=2, ops=("conv3x3",), widths=(4, 6), stem_width=4,
+                       stem_kernel=2, stem_norm=False)
+    net = mnn.build(space, space.from_string("conv3x3-6 | conv3x3-4"), 3)
+    params = mnn.init(net, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    new = T.dirac_kernels(params)
+    np.testing.assert_array_equal(new["stem"]["conv"]["kernel"], params["stem"]["conv"]["kernel"])
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
+    for name, n in (("layer0_conv3x3", 4), ("layer1_conv3x3", 4)):  # 4 -> 6, then 6 -> 4
+        w = new[name]["conv"]["kernel"]
+        y = jax.lax.conv_general_dilated(x if w.shape[2] == 4 else jnp.pad(x, ((0, 0),) * 3 + ((0, 2),)),
+                                         w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(y[..., :n], x[..., :n], atol=1e-6)
+        np.testing.assert_array_equal(w[..., n:], params[name]["conv"]["kernel"][..., n:])
 
 
 def test_flip_mask_alternates():

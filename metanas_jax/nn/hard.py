@@ -34,7 +34,7 @@ from flax import traverse_util
 
 from metanas_jax.nn.fastconv import conv2d
 from metanas_jax.nn.macro import MacroSupernet, level_shapes
-from metanas_jax.nn.ops import EPS, pool2
+from metanas_jax.nn.ops import ACTIVATIONS, EPS, pool2
 from metanas_jax.spaces.macro32 import Macro32
 
 _CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}
@@ -167,13 +167,17 @@ class HardMacroSupernet:
         chan = jnp.arange(cmax)
         widths = jnp.asarray(sp.widths, jnp.int32)
         pool = sp.reduction == "pool"
+        act = ACTIVATIONS[sp.activation]
 
         def valid_at(level):
             return ((rows[:, None] < hs[level]) & (cols[None, :] < ws[level]))[None, :, :, None]
 
-        # stem: conv-BN-ReLU at full resolution, zero-padded to cmax channels
+        # stem: conv-BN-act (or conv+bias-act) at full resolution, zero-padded to cmax channels
         h = _conv(x, p["stem"]["conv"]["kernel"])
-        h = jax.nn.relu(_norm(h, p["stem"]["norm"], True, n * hgt * wid))
+        if sp.stem_norm:
+            h = act(_norm(h, p["stem"]["norm"], True, n * hgt * wid))
+        else:
+            h = act(h + p["stem"]["conv"]["bias"].astype(h.dtype))
         h = jnp.pad(h, ((0, 0), (0, 0), (0, 0), (0, cmax - h.shape[-1])))
 
         idx = {g: jnp.argmax(weights[g], axis=-1).astype(jnp.int32)
@@ -202,7 +206,7 @@ class HardMacroSupernet:
                 def f(lp, feat):
                     q = lp[name]
                     y = stride(_conv(feat, q["conv"]["kernel"], d))
-                    return jax.nn.relu(_norm(y, q["norm"], v_op, count))
+                    return act(_norm(y, q["norm"], v_op, count))
                 return f
 
             def sep_branch(name):
@@ -210,7 +214,7 @@ class HardMacroSupernet:
                     q = lp[name]
                     y = _conv(feat, q["depthwise0"]["kernel"], groups=feat.shape[-1])
                     y = stride(_conv(y, q["pointwise0"]["kernel"]))
-                    return jax.nn.relu(_norm(y, q["norm0"], v_op, count))
+                    return act(_norm(y, q["norm0"], v_op, count))
                 return f
 
             def max_pool(lp, feat):
@@ -245,6 +249,10 @@ class HardMacroSupernet:
         xs = (p["layers"], idx["op"], idx["width"], idx["residual"], idx["downsample"])
         (h, level), _ = jax.lax.scan(jax.checkpoint(layer) if self.remat else layer,
                                      (h, jnp.int32(0)), xs, unroll=self.unroll)
-        pooled = jnp.sum(jnp.where(valid_at(level), h, 0.0), (1, 2)) / (hs[level] * ws[level]).astype(h.dtype)
+        if sp.head_pool == "max":
+            pooled = jnp.max(jnp.where(valid_at(level), h, -jnp.inf), (1, 2))
+        else:
+            pooled = jnp.sum(jnp.where(valid_at(level), h, 0.0), (1, 2)) / (hs[level] * ws[level]).astype(h.dtype)
         head = p["head"]
-        return pooled @ head["kernel"].astype(pooled.dtype) + head["bias"].astype(pooled.dtype)
+        logits = pooled @ head["kernel"].astype(pooled.dtype) + head["bias"].astype(pooled.dtype)
+        return logits if sp.head_scale == 1 else logits * sp.head_scale

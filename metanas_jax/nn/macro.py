@@ -30,9 +30,10 @@ from metanas_jax.spaces.macro32 import Macro32
 PARAM_FREE = {"max_pool3x3": max_pool, "identity": lambda x, stride=1: subsample(x, stride)}
 
 
-def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None, impl=None):
+def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None, impl=None,
+             act: str = "relu"):
     """The linen module for a parametric op, or ``None`` for a parameter-free one."""
-    kw = dict(features=features, track=track, dtype=dtype, name=module_name, impl=impl)
+    kw = dict(features=features, track=track, dtype=dtype, name=module_name, impl=impl, act=act)
     if name == "conv3x3":
         return ConvBN(kernel=3, **kw)
     if name == "conv5x5":
@@ -48,8 +49,19 @@ def macro_op(name: str, features: int, module_name: str, track: bool, dtype=None
     raise ValueError(f"macro32: unknown op {name!r}")
 
 
-def _head(num_classes, x, dtype):
-    return nn.Dense(num_classes, name="head", dtype=dtype)(x)
+def _stem(space: Macro32, track: bool = False, dtype=None, impl=None) -> ConvBN:
+    return ConvBN(space.stem_width, space.stem_kernel, track=track, dtype=dtype, impl=impl,
+                  act=space.activation, norm=space.stem_norm, name="stem")
+
+
+def _pool(space: Macro32, x):
+    """Global pooling before the classifier (the space's ``head_pool``)."""
+    return jnp.max(x, axis=(1, 2)) if space.head_pool == "max" else jnp.mean(x, axis=(1, 2))
+
+
+def _head(space: Macro32, num_classes, x, dtype):
+    logits = nn.Dense(num_classes, name="head", dtype=dtype)(x)
+    return logits if space.head_scale == 1 else logits * space.head_scale
 
 
 class MacroNet(nn.Module):
@@ -68,13 +80,13 @@ class MacroNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        x = ConvBN(self.space.stem_width, self.space.stem_kernel, track=self.track, dtype=self.dtype,
-                   impl=self.conv_impl, name="stem")(x, 1, train)
+        x = _stem(self.space, self.track, self.dtype, self.conv_impl)(x, 1, train)
         pool = self.space.reduction == "pool"
         for l in range(self.space.layers):
             op, width, res, down = self.space.layer(self.arch, l)
             stride = 2 if down and not pool else 1
-            module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype, self.conv_impl)
+            module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype, self.conv_impl,
+                              self.space.activation)
             if module is None:
                 y = fit_channels(PARAM_FREE[op](x, stride), width)
             else:
@@ -82,7 +94,7 @@ class MacroNet(nn.Module):
             if res:
                 y = y + fit_channels(subsample(x, stride), width)
             x = pool2(y) if down and pool else y
-        return _head(self.num_classes, jnp.mean(x, axis=(1, 2)), self.dtype)
+        return _head(self.space, self.num_classes, _pool(self.space, x), self.dtype)
 
 
 def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
@@ -111,7 +123,7 @@ class MacroLayer(nn.Module):
         cmax = max(sp.widths)
         channel = jnp.arange(cmax)
         mask = jnp.sum(w["width"][:, None] * (channel[None, :] < jnp.asarray(sp.widths)[:, None]), axis=0)
-        modules = [macro_op(op, cmax, op, False, self.dtype) for op in sp.ops]
+        modules = [macro_op(op, cmax, op, False, self.dtype, act=sp.activation) for op in sp.ops]
 
         def layer(inp, stride):
             out = subsample(inp, stride) * w["residual"][1]
@@ -155,7 +167,7 @@ class MacroSupernet(nn.Module):
     def __call__(self, x, weights, train: bool = True):
         sp = self.space
         cmax = max(sp.widths)
-        h = ConvBN(sp.stem_width, sp.stem_kernel, dtype=self.dtype, name="stem")(x, 1, train)
+        h = _stem(sp, dtype=self.dtype)(x, 1, train)
         shapes = level_shapes(*x.shape[1:3])
         feats = tuple([fit_channels(h, cmax)] + [zeros_as((x.shape[0], a, b, cmax), h)
                                                   for a, b in shapes[1:]])
@@ -164,8 +176,8 @@ class MacroSupernet(nn.Module):
                          split_rngs={"params": True},
                          length=sp.layers)(sp, self.dtype, name="layers")
         (feats, mass), _ = layers((feats, mass), weights)
-        pooled = sum(mass[v] * jnp.mean(f, axis=(1, 2)) for v, f in enumerate(feats))
-        return _head(self.num_classes, pooled, self.dtype)
+        pooled = sum(mass[v] * _pool(sp, f) for v, f in enumerate(feats))
+        return _head(sp, self.num_classes, pooled, self.dtype)
 
     @staticmethod
     def unstack(params, space=None):

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from metanas_jax.nn.fastconv import Conv
 
 EPS = 1e-5
+# The activations an op may use (a space's ``activation``): GELU as PyTorch's default, exact.
+ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 # A variable collection that makes batch norm normalise with statistics computed on other
 # images (see norm_moments); Learner.apply(..., norm_x=...) drives it.
 NORM_STATS = "norm_stats"
@@ -83,8 +85,9 @@ class Norm(nn.Module):
         return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
-def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None, impl=None):
-    """A SAME convolution without bias, ``nn.Conv``'s parameters either way. ``impl``
+def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None, impl=None,
+         bias=False):
+    """A SAME convolution (without bias unless ``bias``), ``nn.Conv``'s parameters either way. ``impl``
     (``"auto"``, ``"xla"``, ``"matmul"``: :func:`~metanas_jax.nn.fastconv.conv2d`) forces
     one implementation for every kernel; ``None`` picks per kernel as follows. 1x1 and
     depthwise ones are :class:`~metanas_jax.nn.fastconv.Conv`: ``lax.conv`` on GPU/TPU; on
@@ -92,15 +95,18 @@ def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None
     than ``lax.conv``'s feature groups there, gradient included), and both stay fast under
     ``vmap`` over per-task weights, where ``lax.conv`` becomes a slow grouped convolution."""
     if impl is not None or kernel == 1 and groups == 1 or groups > 1 and groups == features:
-        return Conv(features, kernel, stride, use_bias=False, dilation=dilation, groups=groups,
+        return Conv(features, kernel, stride, use_bias=bias, dilation=dilation, groups=groups,
                     dtype=dtype, name=name, impl=impl or "auto")
     return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=dilation,
-                   feature_group_count=groups, padding="SAME", use_bias=False, name=name,
+                   feature_group_count=groups, padding="SAME", use_bias=bias, name=name,
                    dtype=dtype)
 
 
 class ConvBN(nn.Module):
-    """``conv kxk (dilated) -> BN -> ReLU``, or ``ReLU -> conv -> BN`` with ``pre_relu``."""
+    """``conv kxk (dilated) -> BN -> act``, or ``ReLU -> conv -> BN`` with ``pre_relu``;
+    ``norm=False``: ``conv (with bias) -> act`` (a stem that whitens its input needs no
+    normalisation after it, and batch norm would undo the whitening's damping of noise
+    directions)."""
 
     features: int
     kernel: int
@@ -109,15 +115,18 @@ class ConvBN(nn.Module):
     track: bool = False
     dtype: jnp.dtype | None = None
     impl: str | None = None
+    act: str = "relu"
+    norm: bool = True
 
     @nn.compact
     def __call__(self, x, stride=1, train=True):
         if self.pre_relu:
             x = nn.relu(x)
         x = conv(self.features, self.kernel, stride, self.dilation, name="conv", dtype=self.dtype,
-                 impl=self.impl)(x)
-        x = Norm(self.track, name="norm")(x, train)
-        return x if self.pre_relu else nn.relu(x)
+                 impl=self.impl, bias=not self.norm)(x)
+        if self.norm:
+            x = Norm(self.track, name="norm")(x, train)
+        return x if self.pre_relu else ACTIVATIONS[self.act](x)
 
 
 class SepConv(nn.Module):
@@ -136,6 +145,7 @@ class SepConv(nn.Module):
     track: bool = False
     dtype: jnp.dtype | None = None
     impl: str | None = None
+    act: str = "relu"
 
     @nn.compact
     def __call__(self, x, stride=1, train=True):
@@ -149,7 +159,7 @@ class SepConv(nn.Module):
             x = conv(c_out, 1, name=f"pointwise{r}", dtype=self.dtype, impl=self.impl)(x)
             x = Norm(self.track, name=f"norm{r}")(x, train)
             if not self.pre_relu:
-                x = nn.relu(x)
+                x = ACTIVATIONS[self.act](x)
         return x
 
 

@@ -1,15 +1,18 @@
 """``macro32``: the reference CNN macro space, 8 searchable layers x 4 genes = 32 numbers.
 
 Network: ``stem`` (``stem_kernel`` x ``stem_kernel`` conv, default 3, to ``stem_width``
-channels, BN, ReLU; a 2x2 stem can be initialised as a frozen patch-whitening layer by the
-final-training recipe, see :mod:`metanas_jax.train`), then ``layers``
-searchable layers, then global average pooling and a linear classifier. Layer ``l`` owns
-``z[4 l : 4 l + 4]``, one gene each (layer-major), in this order:
+channels, BN, activation; ``stem_norm=False``: conv with bias, activation; a 2x2 stem can
+be initialised as a frozen patch-whitening layer by the final-training recipe, see
+:mod:`metanas_jax.train`), then ``layers`` searchable layers, then global pooling
+(``head_pool``: mean or max) and a linear classifier whose logits are scaled by
+``head_scale``. ``activation`` (ReLU or GELU) is every convolution's. Fixed properties of
+the family, not genes: they are what lets a space hold airbench-class networks. Layer ``l``
+owns ``z[4 l : 4 l + 4]``, one gene each (layer-major), in this order:
 
 0. ``op``: the layer's operation, in this order (neighbouring values are similar ops):
    ``conv3x3``, ``conv5x5``, ``sep_conv3x3``, ``sep_conv5x5``, ``dil_conv3x3``
-   (3x3, dilation 2), ``max_pool3x3``, ``identity``. Convolutions are conv-BN-ReLU;
-   separable ones are depthwise kxk then pointwise 1x1, then BN-ReLU.
+   (3x3, dilation 2), ``max_pool3x3``, ``identity``. Convolutions are conv-BN-activation;
+   separable ones are depthwise kxk then pointwise 1x1, then BN-activation.
 1. ``width``: output channels, one of ``widths`` (default 16, 32, 48, 64). Parameter-free
    ops keep their input's channels and are zero-padded or truncated to the width.
 2. ``residual``: ``off`` / ``on``: add the input (strided and zero-padded / truncated to
@@ -39,20 +42,24 @@ MACRO_OPS = ("conv3x3", "conv5x5", "sep_conv3x3", "sep_conv5x5", "dil_conv3x3",
 GENES = ("op", "width", "residual", "downsample")
 
 REDUCTIONS = ("stride", "pool")
+ACTIVATIONS = ("relu", "gelu")
+HEAD_POOLS = ("mean", "max")
 
-# A macro32 space wide enough for strong CIFAR-10 networks: 8 layers, widths up to 256, a
-# 2x2 stem of 24 channels that the fast final-training recipe makes a frozen patch-whitening
-# layer (2 x 2x2x3 = 24, airbench's first layer), downsampling by convolution then max-pool.
+# A macro32 space wide enough for strong CIFAR-10 networks, shaped as airbench94 (Jordan
+# 2024): 8 layers, widths up to 256, a 2x2 stem of 24 channels without batch norm that the
+# fast final-training recipe makes a frozen patch-whitening layer (2 x 2x2x3 = 24),
+# downsampling by convolution then max-pool, GELU, global max-pooling and logits x 1/9.
 CIFAR_SPACE = dict(layers=8, widths=(32, 64, 128, 256), stem_width=24, stem_kernel=2,
-                   reduction="pool")
+                   reduction="pool", stem_norm=False, activation="gelu", head_pool="max",
+                   head_scale=1 / 9)
 
 # Hand-designed points of macro32 (8 layers; need conv3x3 and identity among the ops and
 # the widths they name), the baselines a search must beat at the same training budget:
 # ``airbench8`` follows airbench94's layout (Jordan 2024): 64, 256, 256 channels, two
 # convolutions per resolution, the first followed by the 2x2 max-pool in a ``reduction="pool"``
-# space (a stride-2 convolution in a ``"stride"`` space); unlike airbench94 its layers are
-# conv-BN-ReLU then pool (not conv-pool-BN-GELU) and it ends in mean pooling and a plain
-# linear head (not max-pooling and 1/9-scaled logits);
+# space (a stride-2 convolution in a ``"stride"`` space); in :data:`CIFAR_SPACE` it differs
+# from airbench94 in the order conv-BN-GELU-pool (airbench: conv-pool-BN-GELU), SAME
+# padding (32, 16, 8, 4 pixels; airbench 31, 15, 7, 3), a head bias and two identity layers;
 # ``resnet8`` a ResNet-like network of residual pairs at 64, 128, 256 channels.
 REFERENCE_ARCHS = {
     "airbench8": "conv3x3-64/2 | conv3x3-64 | conv3x3-256/2 | conv3x3-256 | conv3x3-256/2 | "
@@ -70,6 +77,10 @@ class Macro32(CategoricalSpace):
     stem_width: int = 16
     stem_kernel: int = 3
     reduction: str = "stride"
+    stem_norm: bool = True          # stem conv -> BN -> act; False: conv with bias -> act
+    activation: str = "relu"        # of every conv op and the stem: "relu" or "gelu"
+    head_pool: str = "mean"         # global pooling before the classifier: "mean" or "max"
+    head_scale: float = 1.0         # the logits are multiplied by it (airbench: 1/9)
     name: str = dataclasses.field(default="macro32", init=False)
     encoding_center = 0.5  # genes live in [0, 1]: 0.5 prefers no choice (not a field)
 
@@ -89,6 +100,14 @@ class Macro32(CategoricalSpace):
             raise ValueError(f"macro32: reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
         if self.stem_kernel < 1:
             raise ValueError(f"macro32: stem_kernel must be >= 1, got {self.stem_kernel}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"macro32: activation must be one of {list(ACTIVATIONS)}, got {self.activation!r}")
+        if self.head_pool not in HEAD_POOLS:
+            raise ValueError(f"macro32: head_pool must be one of {list(HEAD_POOLS)}, got {self.head_pool!r}")
+        if not (isinstance(self.head_scale, (int, float)) and 0 < self.head_scale < float("inf")):
+            raise ValueError(f"macro32: head_scale must be a positive number, got {self.head_scale!r}")
+        object.__setattr__(self, "stem_norm", bool(self.stem_norm))
+        object.__setattr__(self, "head_scale", float(self.head_scale))
 
     def config(self):
         cfg = super().config()
