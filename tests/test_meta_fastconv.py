@@ -1,6 +1,4 @@
 """fastconv: every implementation computes lax.conv, with the same first and second derivatives."""
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import optax
 import pytest
 
 from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
-from metanas_jax.nn.fastconv import Conv, conv2d, lowp_matmul, patches, resolve_impl
+from metanas_jax.nn.fastconv import Conv, conv2d, patches, resolve_impl
 from metanas_jax.nn.ops import Norm
 
 
@@ -92,30 +90,6 @@ def test_vmap_over_per_task_weights_matches_loop():
     got = jax.jit(jax.vmap(lambda w, x: conv2d(x, w, 1, "SAME", "matmul")))(w, x)
     want = jnp.stack([conv2d(x[i], w[i], 1, "SAME", "xla") for i in range(3)])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_bf16_matmul_backward_matches_autodiff_and_stays_bf16():
-    """The bf16 im2col matmul's own backward pass (``lowp_matmul``): the gradients of
-    autodiff of ``jnp.dot`` up to bf16 rounding, second order through it works, and the
-    input gradient's dot reads bf16 operands in XLA:CPU's compiled step (the point of it)."""
-    bf = jnp.bfloat16
-    a = jax.random.normal(jax.random.key(0), (64, 36)).astype(bf)
-    b = jax.random.normal(jax.random.key(1), (36, 20)).astype(bf)
-    ours = lambda a, b: jnp.sum(jnp.sin(lowp_matmul(a, b)))  # noqa: E731
-    ref = lambda a, b: jnp.sum(jnp.sin(jnp.dot(a, b, preferred_element_type=jnp.float32)))  # noqa: E731
-    for g, r in zip(jax.grad(ours, (0, 1))(a, b), jax.grad(ref, (0, 1))(a, b)):
-        assert g.dtype == bf
-        np.testing.assert_allclose(np.float32(g), np.float32(r), rtol=0.02, atol=0.1)
-    hvp = jax.grad(lambda b: jnp.sum(jax.grad(ours)(a, b).astype(jnp.float32) ** 2))(b)
-    assert bool(jnp.all(jnp.isfinite(hvp.astype(jnp.float32))))
-    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 16)).astype(bf)
-    w = jax.random.normal(jax.random.key(3), (3, 3, 16, 32)) * 0.1
-    loss = lambda w, x: jnp.sum(conv2d(x, w, impl="matmul").astype(jnp.float32) ** 2)  # noqa: E731
-    if jax.default_backend() == "cpu":
-        hlo = jax.jit(jax.grad(loss, (0, 1))).lower(w, x).compile().as_text()
-        # the patches' gradient, f32[N*H*W, 9*C], a dot (fusion) of two bf16 operands
-        assert re.search(r"\(\w+: bf16\[256,32\], \w+: bf16\[32,144\]\) -> f32\[256,144\]", hlo), \
-            [line for line in hlo.splitlines() if "f32[256,144]" in line]
 
 
 def test_patches_layout_matches_hwio():

@@ -21,7 +21,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 IMPLS = ("auto", "xla", "matmul")
 
@@ -94,52 +93,9 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     # (that copy was the largest single op of the conv4 MAML step, see benchmarks/LOG.md)
     # accumulate in at least float32: XLA:CPU runs a bf16 x bf16 -> bf16 dot several times
     # slower than the same dot with a float32 result (float64 stays float64)
-    p2, w2 = p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype)
-    if jnp.finfo(x.dtype).bits < 32:
-        y = lowp_matmul(p2, w2)
-    else:
-        y = jnp.dot(p2, w2, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    y = jnp.dot(p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype),
+                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     return y.reshape(n, ho, wo, o).astype(x.dtype)
-
-
-def _physical_transpose(b):
-    """``b.T`` stored transposed in memory. Why not ``b.T``: XLA folds a transpose into the
-    layout of its consumer, and XLA:CPU runs a bf16 dot whose operand is laid out
-    transposed as a float32 dot (both operands converted first). A gather with a constant
-    permutation cannot be folded, so the dot that reads it stays a bf16 one. For small
-    arrays (weights): it reads every element once through an index."""
-    r, c = b.shape
-    perm = np.arange(r * c, dtype=np.int32).reshape(r, c).T.reshape(-1)
-    return jnp.take(b.reshape(-1), jnp.asarray(perm), unique_indices=True,
-                    indices_are_sorted=False).reshape(c, r)
-
-
-@jax.custom_vjp
-def lowp_matmul(a, b):
-    """``a (M, K) @ b (K, N)`` of a 16-bit float type, accumulated and returned in float32,
-    with a backward pass that keeps XLA:CPU's fast bf16 dot: the input gradient is
-    ``g @ b.T`` with ``g`` cast back to ``a``'s type and ``b.T`` materialised
-    (:func:`_physical_transpose`); autodiff of ``jnp.dot`` would instead hand the dot a
-    float32 cotangent and a transposed ``b``, and XLA:CPU then converts both operands and
-    runs the dot in float32 (slower than the float32 network: benchmarks/LOG.md). The
-    weight gradient ``a.T @ g`` contracts the long axis: XLA:CPU runs that form in float32
-    whatever is done (transposing the patch matrix costs more than it saves)."""
-    return jnp.dot(a, b, preferred_element_type=jnp.float32)
-
-
-def _lowp_fwd(a, b):
-    return lowp_matmul(a, b), (a, b)
-
-
-def _lowp_bwd(res, g):
-    a, b = res
-    g = g.astype(a.dtype)
-    da = jnp.dot(g, _physical_transpose(b), preferred_element_type=jnp.float32)
-    db = jnp.dot(a.T, g, preferred_element_type=jnp.float32)
-    return da.astype(a.dtype), db.astype(b.dtype)
-
-
-lowp_matmul.defvjp(_lowp_fwd, _lowp_bwd)
 
 
 def _taps(xp, ho, wo, kh, kw, stride, dilation):
