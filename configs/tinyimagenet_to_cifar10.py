@@ -86,9 +86,7 @@ def get_config(arg="cpu"):
         c.data.num_tasks = 100
         c.data.target_train = 5000
         c.data.target_val = 1000
-        for key in ("widths", "stem_width", "stem_kernel", "reduction", "stem_norm", "activation",
-                    "head_pool", "head_scale"):
-            c.space[key] = spaces.CIFAR_SPACE[key]
+        c.space.update(spaces.CIFAR_SPACE)
         c.meta.archs_per_task = 64
         c.candidate.steps = 50
         c.candidate.chunk = 64
