@@ -1,12 +1,17 @@
 """macro32 candidate training on CPU: mixing supernet (one-hot weights) vs hard supernet.
 
 Prints, for each mode and depth: compile seconds and seconds per training step (cross-entropy
-gradient + Adam update of one architecture on 64 8x8x1 images), then candidate evaluations/s
-through ``search.make_evaluate_fn`` (``TrainConfig(steps=30)``, compile excluded) and the
-training program's compilation count.
+gradient + Adam update of one architecture on the preset's training images), then candidate
+evaluations/s through ``search.make_evaluate_fn`` (``--train-steps`` full-batch steps,
+scored on ``--val`` images, compile excluded) and the training program's compilation count.
+Presets: ``toy`` (the default widths 16..64, 64 images 8x8x1), ``cifar_cpu`` (the space
+of ``configs/tinyimagenet_to_cifar10.py``'s CPU size: widths 8/16, seven ops, 16x16x3),
+``cifar_full`` (``spaces.CIFAR_SPACE`` at 32x32x3, the ``full`` size).
 
     python benchmarks/bench_supernet.py                      # hard mode, 8 and 4 layers
     python benchmarks/bench_supernet.py --modes soft,hard --evals 4
+    python benchmarks/bench_supernet.py --preset cifar_cpu --layers 8 --images 256 \
+        --train-steps 20 --val 1000 --out benchmarks/results/bench_supernet_cifar_cpu.json
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +31,17 @@ from metanas_jax import nn as mnn
 from metanas_jax import spaces
 from metanas_jax.search import TrainConfig, make_evaluate_fn
 from metanas_jax.search.experience import _train_eval_fn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transfer_comparison import machine, write_json  # noqa: E402
+
+CIFAR_CPU_OPS = ("conv3x3", "conv5x5", "sep_conv3x3", "sep_conv5x5", "dil_conv3x3", "max_pool3x3", "identity")
+# preset -> (space keywords, image shape)
+PRESETS = {
+    "toy": ({}, (8, 8, 1)),
+    "cifar_cpu": ({"widths": (8, 16), "stem_width": 8, "ops": CIFAR_CPU_OPS}, (16, 16, 3)),
+    "cifar_full": (dict(spaces.CIFAR_SPACE), (32, 32, 3)),
+}
 
 
 def step_timing(space, hard, steps, x, y):
@@ -52,9 +69,9 @@ def step_timing(space, hard, steps, x, y):
     return compile_s, (time.perf_counter() - t0) / steps, step._cache_size()
 
 
-def eval_timing(space, hard, n, x, y):
-    task = (x, y, x[:32], y[:32])
-    cfg = TrainConfig(steps=30, chunk=n, hard=hard)
+def eval_timing(space, hard, n, x, y, steps=30, xv=None, yv=None):
+    task = (x, y, x[:32] if xv is None else xv, y[:32] if yv is None else yv)
+    cfg = TrainConfig(steps=steps, chunk=n, hard=hard)
     _train_eval_fn.cache_clear()
     ev = make_evaluate_fn(space, task, jax.random.key(0), num_classes=10, train=cfg)
     zs = np.asarray(space.sample(jax.random.key(2), 2 * n))
@@ -66,28 +83,49 @@ def eval_timing(space, hard, n, x, y):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="toy", choices=sorted(PRESETS))
     ap.add_argument("--modes", default="hard", help="comma list of soft,hard")
     ap.add_argument("--layers", default="8,4")
+    ap.add_argument("--images", type=int, default=64, help="training images per step")
+    ap.add_argument("--val", type=int, default=32, help="validation images a candidate is scored on")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps")
+    ap.add_argument("--train-steps", type=int, default=30, help="training steps of an evaluated candidate")
     ap.add_argument("--evals", type=int, default=8, help="candidates per timed evaluate call (0: skip)")
+    ap.add_argument("--out", default="", help="JSON file for the rows (with command and machine)")
     args = ap.parse_args(argv)
-    print("command: python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_supernet.py", *sys.argv[1:]]))
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_supernet.py", *sys.argv[1:]])
+    print("command: " + command)
     print(f"devices: {jax.devices()}  cpus: {os.cpu_count()}  load average: {os.getloadavg()}")
-    x = jax.random.normal(jax.random.key(3), (64, 8, 8, 1))
-    y = jnp.arange(64) % 10
+    space_kw, shape = PRESETS[args.preset]
+    kx, kv = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (args.images, *shape))
+    y = jnp.arange(args.images) % 10
+    xv = jax.random.normal(kv, (args.val, *shape))
+    yv = jnp.arange(args.val) % 10
+    rows, t_start = [], time.time()
     for layers in (int(l) for l in args.layers.split(",")):
-        space = spaces.get("macro32", layers=layers)  # default widths 16..64, stem 16
+        space = spaces.get("macro32", **{**space_kw, "layers": layers})
         for mode in args.modes.split(","):
             hard = mode == "hard"
             c, s, n = step_timing(space, hard, args.steps, x, y)
-            print(f"macro32 layers={layers} mode={mode}: compile {c:.1f}s, {s:.3f}s/step "
+            row = {"layers": layers, "mode": mode, "step_compile_s": c, "step_s": s, "step_programs": n}
+            print(f"macro32 {args.preset} layers={layers} mode={mode}: compile {c:.1f}s, {s:.3f}s/step "
                   f"(mean of {args.steps} steps, each a different architecture; compiled "
                   f"{n} program)  load {os.getloadavg()[0]:.2f}", flush=True)
             if args.evals:
-                first, rate, comp = eval_timing(space, hard, args.evals, x, y)
-                print(f"  make_evaluate_fn steps=30: first call (compile + {args.evals} "
+                first, rate, comp = eval_timing(space, hard, args.evals, x, y, args.train_steps, xv, yv)
+                row.update(eval_first_s=first, evals_per_s=rate, eval_compilations=comp)
+                print(f"  make_evaluate_fn steps={args.train_steps}: first call (compile + {args.evals} "
                       f"candidates) {first:.1f}s, then {rate:.2f} candidates/s; training-program "
                       f"compilations {comp}  load {os.getloadavg()[0]:.2f}", flush=True)
+            rows.append(row)
+    if args.out:
+        write_json(Path(args.out), {
+            "command": command, "preset": args.preset, "space": {**space_kw}, "image_shape": list(shape),
+            "images": args.images, "val": args.val, "train_steps": args.train_steps, "rows": rows,
+            "machine": machine(), "seconds": time.time() - t_start,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ each gene's weights) instead of mixing every op:
 * ``width``: every op runs at ``max(widths)`` channels times a channel mask, as in the
   soft supernet.
 * ``downsample``: one feature map at the input's resolution holds the current level's
-  map in its top-left corner, zeros elsewhere, plus the level as an integer. A stride-1
-  SAME op on that zero-padded map is exact on the valid corner (zeros beyond it are the
-  padding SAME would add); a stride-2 op is its stride-1 output sampled at rows/columns
-  ``2 i + o`` with ``o`` = 1 for an even-sized level, 0 for an odd one (where lax's SAME
-  padding centres a stride-2 window), picked with a dynamic slice. Batch norm statistics
-  and the final average pool count only the valid corner. In a ``reduction="pool"``
-  space the layer runs at stride 1 and its output is max-pooled 2x2 over the valid corner
-  (windows at rows/columns ``2 i``, ``2 i + 1``).
+  map in its top-left corner, zeros elsewhere, plus the level as an integer. The switch
+  has one branch per (op, level): a branch slices the level's corner out (a static
+  shape), runs the op there at stride 1 and returns both that result and its stride-2
+  sampling at rows/columns ``2 i + o`` (``o`` = 1 for an even-sized level, 0 for an odd
+  one, where lax's SAME padding centres a stride-2 window), or in a ``reduction="pool"``
+  space its 2x2 max-pool, zero-padded back to the full map; the layer's ``downsample``
+  gene picks one. So a layer at a low resolution costs what it costs in the compact
+  network, not what it would at the input's size.
 
 Every shape is static and the architecture is data: one compiled program serves every
 architecture of the space, and gradients w.r.t. the variables are exact.
@@ -42,15 +42,10 @@ _SEP = {"sep_conv3x3": 3, "sep_conv5x5": 5}
 
 
 def _conv(x, k, dilation=1, groups=1):
-    return _conv_remat(x, k, dilation, groups)
-
-
-@functools.partial(jax.checkpoint, static_argnums=(2, 3))
-def _conv_remat(x, k, dilation, groups):
     """fastconv: im2col matmuls on CPU, whose gradients stay fast inside the layer scan and
     ``lax.map`` over candidates (``lax.conv``'s weight gradient there dominated the step).
-    Rematerialised: the backward pass recomputes the patches from ``x`` instead of the scan
-    saving them for every layer and every branch of the switch (9-25x the activations)."""
+    Not rematerialised on its own: the switch's backward pass recomputes the chosen
+    branch from its input anyway (:func:`_recomputing_switch`)."""
     return conv2d(x, k.astype(x.dtype), 1, "SAME", "auto", dilation, groups)
 
 
@@ -61,14 +56,6 @@ def _norm(x, p, valid, count):
     var = jnp.maximum(jnp.sum(jnp.square(xf), (0, 1, 2)) / count - jnp.square(mean), 0.0)
     y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + EPS).astype(x.dtype)
     return y * p["scale"].astype(x.dtype) + p["bias"].astype(x.dtype)
-
-
-def _sample2(y, oh, ow):
-    """``y[:, oh::2, ow::2]`` (dynamic offsets in {0, 1}) zero-padded back to y's shape."""
-    n, h, w, c = y.shape
-    yp = jnp.pad(y, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    ys = jax.lax.dynamic_slice(yp, (0, oh, ow, 0), y.shape)[:, ::2, ::2, :]
-    return jnp.pad(ys, ((0, 0), (0, h - ys.shape[1]), (0, w - ys.shape[2]), (0, 0)))
 
 
 def _fan_in(path, shape, stacked):
@@ -105,6 +92,33 @@ def init_params(key, shapes, stacked=("layers",), host=False):
         else:
             raise ValueError(f"hard supernet: no initializer for parameter {'/'.join(path)}")
     return jax.tree.map(jnp.asarray, out) if host else out
+
+
+def _recomputing_switch(branches):
+    """``lax.switch(i, branches, lp, feat, down, res)`` whose backward pass recomputes the
+    chosen branch from the inputs. Autodiff of ``lax.switch`` makes every branch return the
+    union of all branches' residuals (zeros from the branches not taken): with one branch
+    per (op, level), that zero-filling cost more than the chosen op itself. Here the
+    residuals are the inputs; the rule is made of differentiable ops (second order works)."""
+    @jax.custom_vjp
+    def switch(i, lp, feat, down, res):
+        return jax.lax.switch(i, branches, lp, feat, down, res)
+
+    def fwd(i, lp, feat, down, res):
+        return switch(i, lp, feat, down, res), (i, lp, feat, down, res)
+
+    def branch_vjp(branch):
+        def f(lp, feat, down, res, g):
+            return jax.vjp(lambda lp, feat: branch(lp, feat, down, res), lp, feat)[1](g)
+        return f
+
+    def bwd(saved, g):
+        i, lp, feat, down, res = saved
+        d_lp, d_feat = jax.lax.switch(i, [branch_vjp(b) for b in branches], lp, feat, down, res, g)
+        return None, d_lp, d_feat, None, None
+
+    switch.defvjp(fwd, bwd)
+    return switch
 
 
 class HardMacroSupernet:
@@ -150,6 +164,60 @@ class HardMacroSupernet:
         flat = traverse_util.flatten_dict(self.param_shapes(int(x.shape[-1]))["params"])
         return {"params": traverse_util.unflatten_dict(init_params(key, flat))}
 
+    def _branch(self, name: str, level: int, shapes, full_hw, act):
+        """The layer for op ``name`` on a map at resolution ``level`` (static): the op
+        runs on the level's top-left corner at its own size, so a late low-resolution layer
+        costs what it would in the compact network; ``(lp, feat, down, res) -> output``
+        zero-padded back to the full map. ``down`` picks between the stride-1 result and
+        its stride-2 sampling (or, in a ``reduction="pool"`` space, its 2x2 max-pool),
+        both computed here, each batch-normed over its own positions."""
+        sp = self.space
+        hgt, wid = full_hw
+        h, w = shapes[level]
+        # lax's SAME stride-2 window is centred at 2i on an odd side, 2i + 1 on an even one
+        oh, ow = 1 - h % 2, 1 - w % 2
+        pool = sp.reduction == "pool"
+
+        def full(y):
+            return jnp.pad(y, ((0, 0), (0, hgt - y.shape[1]), (0, wid - y.shape[2]), (0, 0)))
+
+        def strided(y, centred=True):
+            return y[:, oh::2, ow::2] if centred else y[:, ::2, ::2]
+
+        def out(y1, x, down, res, norm=None, centred=True):
+            """stride-1 op output ``y1`` of input ``x`` -> the layer's output (full size)."""
+            def finish(y, x):
+                if norm is not None:
+                    y = act(_norm(y, norm, True, y.shape[0] * y.shape[1] * y.shape[2]))
+                return y + jnp.where(res, x, 0.0).astype(y.dtype)
+            if pool:  # the op at stride 1, then (down) a 2x2 max-pool
+                y = finish(y1, x)
+                return jnp.where(down, full(pool2(y)), full(y))
+            return jnp.where(down, full(finish(strided(y1, centred), strided(x, False))),
+                             full(finish(y1, x)))
+
+        if name in _CONV:
+            _, d = _CONV[name]
+
+            def f(lp, x, down, res):
+                q = lp[name]
+                return out(_conv(x, q["conv"]["kernel"], d), x, down, res, q["norm"])
+        elif name in _SEP:
+            def f(lp, x, down, res):
+                q = lp[name]
+                y = _conv(x, q["depthwise0"]["kernel"], groups=x.shape[-1])
+                return out(_conv(y, q["pointwise0"]["kernel"]), x, down, res, q["norm0"])
+        elif name == "max_pool3x3":
+            def f(lp, x, down, res):
+                y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+                return out(y, x, down, res)
+        elif name == "identity":
+            def f(lp, x, down, res):
+                return out(x, x, down, res, centred=False)
+        else:
+            raise ValueError(f"hard supernet: unknown op {name!r}")
+        return lambda lp, feat, down, res: f(lp, feat[:, :h, :w], down, res)
+
     # -- forward -----------------------------------------------------------------------
     def apply(self, variables, x, weights, train: bool = True):
         del train  # batch statistics always, like the linen supernet
@@ -166,7 +234,6 @@ class HardMacroSupernet:
         rows, cols = jnp.arange(hgt), jnp.arange(wid)
         chan = jnp.arange(cmax)
         widths = jnp.asarray(sp.widths, jnp.int32)
-        pool = sp.reduction == "pool"
         act = ACTIVATIONS[sp.activation]
 
         def valid_at(level):
@@ -182,69 +249,20 @@ class HardMacroSupernet:
 
         idx = {g: jnp.argmax(weights[g], axis=-1).astype(jnp.int32)
                for g in ("op", "width", "residual", "downsample")}
+        branches = [self._branch(name, level, shapes, (hgt, wid), act)
+                    for name in sp.ops for level in range(len(shapes))]
+        switch = _recomputing_switch(tuple(branches))
 
         def layer(carry, inp):
             feat, level = carry
             lp, op_i, width_i, res_i, down_i = inp
-            down = down_i > 0
             new_level = jnp.minimum(level + down_i, top)
-            v_in, v_out = valid_at(level), valid_at(new_level)
-            # where the op's output lives: the new level, or with "pool" the input's level
-            v_op, op_level = (v_in, level) if pool else (v_out, new_level)
-            count = (n * hs[op_level] * ws[op_level]).astype(jnp.float32)
-            # where lax's SAME stride-2 window is centred: odd sizes at 2i, even at 2i + 1
-            oh, ow = 1 - hs[level] % 2, 1 - ws[level] % 2
-
-            def stride(y, centred=True):
-                if pool:  # the layer runs at stride 1; its output is pooled below
-                    return y
-                return jnp.where(down, _sample2(y, oh, ow) if centred else _sample2(y, 0, 0), y)
-
-            def conv_branch(name):
-                k, d = _CONV[name]
-
-                def f(lp, feat):
-                    q = lp[name]
-                    y = stride(_conv(feat, q["conv"]["kernel"], d))
-                    return act(_norm(y, q["norm"], v_op, count))
-                return f
-
-            def sep_branch(name):
-                def f(lp, feat):
-                    q = lp[name]
-                    y = _conv(feat, q["depthwise0"]["kernel"], groups=feat.shape[-1])
-                    y = stride(_conv(y, q["pointwise0"]["kernel"]))
-                    return act(_norm(y, q["norm0"], v_op, count))
-                return f
-
-            def max_pool(lp, feat):
-                y = jnp.where(v_in, feat, -jnp.inf)
-                y = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
-                return stride(y)
-
-            def identity(lp, feat):
-                return stride(feat, centred=False)
-
-            branches = []
-            for name in sp.ops:
-                if name in _CONV:
-                    branches.append(conv_branch(name))
-                elif name in _SEP:
-                    branches.append(sep_branch(name))
-                elif name == "max_pool3x3":
-                    branches.append(max_pool)
-                elif name == "identity":
-                    branches.append(identity)
-                else:
-                    raise ValueError(f"hard supernet: unknown op {name!r}")
-            y = jax.lax.switch(op_i, branches, lp, feat)
-            y = y + jnp.where(res_i > 0, stride(feat, centred=False), 0.0).astype(y.dtype)
-            if pool:  # 2x2 max-pool of the valid corner: windows at rows/columns 2i, 2i + 1
-                yp = pool2(jnp.where(valid_at(level), y, -jnp.inf))
-                yp = jnp.pad(yp, ((0, 0), (0, hgt - yp.shape[1]), (0, wid - yp.shape[2]), (0, 0)))
-                y = jnp.where(down, yp, y)
-            keep = v_out & (chan < widths[width_i])[None, None, None, :]
-            return (jnp.where(keep, y, 0.0).astype(feat.dtype), new_level), None
+            # one branch per (op, input level): the op runs on the level's own size
+            y = switch(op_i * len(shapes) + level, lp, feat, down_i > 0, res_i > 0)
+            keep = valid_at(new_level) & (chan < widths[width_i])[None, None, None, :]
+            # a product with the small mask, not a select: autodiff keeps the mask, not its
+            # broadcast to the map's full size, for every layer
+            return ((y * keep.astype(y.dtype)).astype(feat.dtype), new_level), None
 
         xs = (p["layers"], idx["op"], idx["width"], idx["residual"], idx["downsample"])
         (h, level), _ = jax.lax.scan(jax.checkpoint(layer) if self.remat else layer,
