@@ -4,7 +4,8 @@ Samples ``--archs`` architectures of the config's space, trains each one long on
 target (the final-training recipe, ``--ref-epochs`` epochs on ``--ref-train`` training
 images: at least 10x the steps of the longest proxy, checked) and scores it on
 ``--val`` validation images; then scores the same architectures with every short proxy
-(full-batch Adam, ``--proxy-steps`` x ``--proxy-images``, the config's ``candidate.lr``) on the
+(full-batch Adam, ``--proxy-steps`` x ``--proxy-images`` x ``--proxy-lrs``, by default the
+config's ``candidate.lr``) on the
 same validation images, and reports per proxy: Kendall tau with the long training, seconds
 per architecture, tau per second, mean accuracy vs chance. The reference scores are kept in
 ``--workdir`` (a rerun resumes).
@@ -44,6 +45,7 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=1000)
     ap.add_argument("--proxy-steps", default="5,10,20,40")
     ap.add_argument("--proxy-images", default="64,256")
+    ap.add_argument("--proxy-lrs", default="", help="comma list of Adam rates (default: the config's candidate.lr)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", default="")
@@ -59,6 +61,7 @@ def main(argv=None):
     ref_steps = args.ref_epochs * max(len(ref_train) // fcfg.batch_size, 1)
     steps = [int(s) for s in args.proxy_steps.split(",")]
     images = [int(s) for s in args.proxy_images.split(",")]
+    lrs = [float(s) for s in args.proxy_lrs.split(",")] if args.proxy_lrs else [float(cfg.candidate.lr)]
     if ref_steps < 10 * max(steps):
         ap.error(f"the long training has {ref_steps} steps, fewer than 10x the longest proxy's "
                  f"{max(steps)}; raise --ref-epochs or --ref-train")
@@ -90,9 +93,10 @@ def main(argv=None):
         sub = data.subsample(target.train, n, args.seed + 2)
         task = tuple(a[0] for a in data.task_batch_from_datasets(sub, val))
         for s in steps:
-            name = f"{s} steps x {n} images"
-            proxies[name] = S.TrainConfig(steps=s, lr=float(cfg.candidate.lr), chunk=int(cfg.candidate.chunk))
-            tasks[name] = task
+            for lr in lrs:
+                name = f"{s} steps x {n} images" + (f" at lr {lr:g}" if len(lrs) > 1 else "")
+                proxies[name] = S.TrainConfig(steps=s, lr=lr, chunk=int(cfg.candidate.chunk))
+                tasks[name] = task
     res = S.proxy_fidelity(space, None, zs, jax.random.fold_in(key, 2), proxies, ref_scores,
                            num_classes=prep.num_classes, tasks=tasks)
     chance = 1.0 / prep.num_classes
