@@ -1,6 +1,7 @@
 """Benchmark suite: one command, one table.
 
-    python benchmarks/suite.py            # default (~15 min on a 2-core CPU)
+    python benchmarks/suite.py            # default: hours on a 2-core CPU (the DARTS rows)
+    python benchmarks/suite.py --models conv4            # minutes
     python benchmarks/suite.py --quick    # a few minutes: fewer settings and repeats
     python benchmarks/suite.py --dtype bf16 --meta-batch 16,32,64   # e.g. on a GPU
 
@@ -18,6 +19,9 @@ Rows:
 * ``torch/conv4/maml/mb<T>``: the same second-order MAML step in PyTorch
   (``benchmarks/torch_maml.py``); ``ratio`` = PyTorch step / JAX step (compile amortised
   over 1,000 steps), i.e. how many times faster JAX is (skipped without torch).
+* ``torch/darts/<algorithm>/mb<T>``: the same DARTS-supernet meta-step in PyTorch
+  (``benchmarks/torch_darts.py``), one per DARTS algorithm benchmarked, ``--warmup``
+  untimed steps as the JAX DARTS rows; ``ratio`` as for conv4.
 * ``search/<space>``: candidate evaluations per second of ``search.make_evaluate_fn`` over
   a search of ``--search-rounds`` rounds (first round, which compiles, excluded), and the
   compilations per search.
@@ -160,16 +164,25 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
                if has_loops(compiled) else "")}
 
 
-def bench_torch(tasks, args):
+def bench_torch(tasks, args, model="conv4", algorithm="maml"):
+    name = f"torch/{model}/{algorithm}/mb{tasks}"
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     try:
-        import torch_maml
-        r = torch_maml.bench(meta_batch=tasks, inner_steps=args.inner_steps, inner_lr=0.1,
-                             repeats=args.torch_repeats, threads=os.cpu_count(),
-                             device="cuda" if jax.default_backend() == "gpu" else "cpu")
+        if model == "darts":
+            import torch_darts
+            r = torch_darts.bench(algorithm=algorithm, meta_batch=tasks,
+                                  inner_steps=args.inner_steps, inner_lr=0.1,
+                                  channels=args.darts_channels, cells=args.darts_cells,
+                                  repeats=args.torch_repeats, warmup=args.warmup,
+                                  threads=os.cpu_count(), device=device)
+        else:
+            import torch_maml
+            r = torch_maml.bench(meta_batch=tasks, inner_steps=args.inner_steps, inner_lr=0.1,
+                                 repeats=args.torch_repeats, threads=os.cpu_count(), device=device)
     except ImportError as e:
-        return {"name": f"torch/conv4/maml/mb{tasks}", "note": f"skipped: {e}"}
+        return {"name": name, "note": f"skipped: {e}"}
     ts = r["times"]
-    return {"name": f"torch/conv4/maml/mb{tasks}", "median_s": r["median_s"], "min_s": min(ts),
+    return {"name": name, "median_s": r["median_s"], "min_s": min(ts),
             "max_s": max(ts), "n": len(ts), "note": f"torch {r['torch']}, {r['threads']} threads"}
 
 
@@ -328,11 +341,13 @@ def main(argv=None):
                 json.dump(out, f, indent=1, default=str)
 
     if "torch" not in skip:
+        darts_algorithms = list(dict.fromkeys(a for m, a, _ in settings if m == "darts"))
         for tasks in (int(t) for t in filter(None, args.torch_meta_batch.split(","))):
-            torch_rows.append(bench_torch(tasks, args))
-            print(f"# {torch_rows[-1]['name']}: {torch_rows[-1].get('median_s', '-')} s "
-                  f"(load {load()})", flush=True)
-            save()
+            for model, algorithm in [("conv4", "maml")] + [("darts", a) for a in darts_algorithms]:
+                torch_rows.append(bench_torch(tasks, args, model, algorithm))
+                print(f"# {torch_rows[-1]['name']}: {torch_rows[-1].get('median_s', '-')} s "
+                      f"(load {load()})", flush=True)
+                save()
     if "search" not in skip:
         search_rows.append(bench_search(args))
         print(f"# {search_rows[-1]['name']}: {search_rows[-1]['evals_per_s']:.2f} evals/s "
@@ -342,10 +357,9 @@ def main(argv=None):
         for model, algorithm, tasks in sorted(settings, key=lambda s: s[0] == "darts"):
             r = bench_meta(model, algorithm, tasks, args, peak, dtype)
             meta_rows.append(r)
-            if model == "conv4" and algorithm == "maml":
-                for t in torch_rows:
-                    if t["name"] == f"torch/conv4/maml/mb{tasks}":
-                        add_ratio(t, r)
+            for t in torch_rows:
+                if t["name"] == f"torch/{model}/{algorithm}/mb{tasks}":
+                    add_ratio(t, r)
             print(f"# {r['name']}: compile {r['compile_s']:.1f}s, step {r['median_s']:.4f}s, "
                   f"{r['pct_peak']:.1f}% peak (load {load()})", flush=True)
             save()
