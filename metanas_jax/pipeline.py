@@ -104,9 +104,12 @@ def meta_train(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         step = n_chunks
     if step == n_chunks:
         sc, failed = _diverged_as_failures(np.concatenate(scores), "meta-train", cfg)
+        # the evaluator reads the images of a task that the search will give it, no more
+        n_img = int(cfg.meta.task_images)
         exp = S.Experience(space=space, zs=np.concatenate(zs), scores=sc,
                            costs=np.full((n_tasks, int(cfg.meta.archs_per_task)), np.nan, np.float32),
-                           support_x=np.asarray(tasks.support_x), support_y=np.asarray(tasks.support_y),
+                           support_x=np.asarray(tasks.support_x[:, :n_img]),
+                           support_y=np.asarray(tasks.support_y[:, :n_img]),
                            meta={"steps": tcfg.steps, "lr": tcfg.lr, "num_classes": int(cfg.data.n_classes),
                                  "diverged": failed})
         if parallel.is_primary():
