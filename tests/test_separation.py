@@ -164,7 +164,7 @@ def test_transfer_config_end_to_end_tiny(shared_data, tmp_path):
     source is Tiny ImageNet, the target CIFAR-10, the content check passes."""
     cfg = load_config("configs/tinyimagenet_to_cifar10.py")
     apply_overrides(cfg, ["space.layers=2", "data.num_tasks=4", "meta.archs_per_task=4",
-                          "meta.tasks_per_checkpoint=2", "candidate.steps=2", "meta.evaluator_steps=10",
+                          "meta.tasks_per_checkpoint=2", "candidate.steps=2", "data.n_train=64", "data.target_train=64", "meta.evaluator_steps=10",
                           "meta.cv_folds=0", "meta.es_iterations=1", "meta.es_population=2",
                           "search.budget=5", "search.methods=meta,random", "data.target_val=50",
                           "runtime.progress=False", "runtime.tensorboard=off"])
