@@ -36,7 +36,7 @@ def _images(n) -> str:
 
 def transfer_table() -> str:
     lines = []
-    path = RESULTS / "tinyimagenet_to_cifar10_cpu.json"
+    path = RESULTS / "tinyimagenet_to_cifar10_cpu_256.json"  # the config as it is (256-image tasks)
     if path.is_file():
         r = json.loads(path.read_text())
         ks = sorted(int(k.rsplit("_", 1)[1]) for k in next(iter(r["methods"].values())) if k.startswith("best_val_after_"))
