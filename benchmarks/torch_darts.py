@@ -64,6 +64,8 @@ import argparse
 import statistics
 import time
 
+from torch_maml import episodes
+
 PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
               "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 CONVS = {"sep_conv_3x3": (3, 1, 2), "sep_conv_5x5": (5, 1, 2),  # kernel, dilation, repeats
@@ -295,11 +297,7 @@ def bench(algorithm="fomaml", meta_batch=16, n_way=5, k_shot=1, n_query=15, size
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
-    g = torch.Generator().manual_seed(1)
-    sx = torch.randn(meta_batch, n_way * k_shot, 1, size, size, generator=g).to(dev)
-    qx = torch.randn(meta_batch, n_way * n_query, 1, size, size, generator=g).to(dev)
-    sy = torch.arange(n_way).repeat_interleave(k_shot).repeat(meta_batch, 1).to(dev)
-    qy = torch.arange(n_way).repeat_interleave(n_query).repeat(meta_batch, 1).to(dev)
+    sx, sy, qx, qy = episodes(torch, dev, meta_batch, n_way, k_shot, n_query, size)
     if channels_last:  # images (T, N, C, H, W): each task's (N, C, H, W) slice NHWC in memory
         sx, qx = (x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for x in (sx, qx))
     params, alpha = supernet_params(torch, n_way, channels, cells, nodes, 1, dev,

@@ -30,6 +30,16 @@ def conv4_params(torch, n_way, channels=64, blocks=4, in_ch=1, size=28, device="
     return [p.to(device=device, dtype=dtype).requires_grad_() for p in ps]
 
 
+def episodes(torch, dev, meta_batch, n_way, k_shot, n_query, size):
+    """Seeded random Omniglot-shaped episodes ``(sx, sy, qx, qy)``, NCHW, task axis first."""
+    g = torch.Generator().manual_seed(1)
+    sx = torch.randn(meta_batch, n_way * k_shot, 1, size, size, generator=g).to(dev)
+    qx = torch.randn(meta_batch, n_way * n_query, 1, size, size, generator=g).to(dev)
+    sy = torch.arange(n_way).repeat_interleave(k_shot).repeat(meta_batch, 1).to(dev)
+    qy = torch.arange(n_way).repeat_interleave(n_query).repeat(meta_batch, 1).to(dev)
+    return sx, sy, qx, qy
+
+
 def forward(F, params, x, blocks):
     for b in range(blocks):
         w, s, bias = params[3 * b:3 * b + 3]
@@ -70,11 +80,7 @@ def bench(meta_batch=16, n_way=5, k_shot=1, n_query=15, size=28, channels=64, bl
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
-    g = torch.Generator().manual_seed(1)
-    sx = torch.randn(meta_batch, n_way * k_shot, 1, size, size, generator=g).to(dev)
-    qx = torch.randn(meta_batch, n_way * n_query, 1, size, size, generator=g).to(dev)
-    sy = torch.arange(n_way).repeat_interleave(k_shot).repeat(meta_batch, 1).to(dev)
-    qy = torch.arange(n_way).repeat_interleave(n_query).repeat(meta_batch, 1).to(dev)
+    sx, sy, qx, qy = episodes(torch, dev, meta_batch, n_way, k_shot, n_query, size)
     params = conv4_params(torch, n_way, channels, blocks, 1, size, dev)
     step = make_step(torch, params, blocks, inner_steps, inner_lr, 1e-3)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -49,11 +49,12 @@ def _conv(x, k, dilation=1, groups=1):
     return conv2d(x, k.astype(x.dtype), 1, "SAME", "auto", dilation, groups)
 
 
-def _norm(x, p, valid, count):
-    """Batch norm with the batch's statistics over the valid positions only."""
-    xf = jnp.where(valid, x.astype(jnp.float32), 0.0)
-    mean = jnp.sum(xf, (0, 1, 2)) / count
-    var = jnp.maximum(jnp.sum(jnp.square(xf), (0, 1, 2)) / count - jnp.square(mean), 0.0)
+def _norm(x, p):
+    """Batch norm with the batch's statistics (every position of ``x`` is valid: the
+    branches slice their level's corner out first)."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, (0, 1, 2))
+    var = jnp.maximum(jnp.mean(jnp.square(xf), (0, 1, 2)) - jnp.square(mean), 0.0)
     y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + EPS).astype(x.dtype)
     return y * p["scale"].astype(x.dtype) + p["bias"].astype(x.dtype)
 
@@ -188,7 +189,7 @@ class HardMacroSupernet:
             """stride-1 op output ``y1`` of input ``x`` -> the layer's output (full size)."""
             def finish(y, x):
                 if norm is not None:
-                    y = act(_norm(y, norm, True, y.shape[0] * y.shape[1] * y.shape[2]))
+                    y = act(_norm(y, norm))
                 return y + jnp.where(res, x, 0.0).astype(y.dtype)
             if pool:  # the op at stride 1, then (down) a 2x2 max-pool
                 y = finish(y1, x)
@@ -225,7 +226,7 @@ class HardMacroSupernet:
         p = variables["params"]
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        n, hgt, wid, _ = x.shape
+        _, hgt, wid, _ = x.shape
         cmax = max(sp.widths)
         shapes = level_shapes(hgt, wid)
         top = len(shapes) - 1
@@ -242,7 +243,7 @@ class HardMacroSupernet:
         # stem: conv-BN-act (or conv+bias-act) at full resolution, zero-padded to cmax channels
         h = _conv(x, p["stem"]["conv"]["kernel"])
         if sp.stem_norm:
-            h = act(_norm(h, p["stem"]["norm"], True, n * hgt * wid))
+            h = act(_norm(h, p["stem"]["norm"]))
         else:
             h = act(h + p["stem"]["conv"]["bias"].astype(h.dtype))
         h = jnp.pad(h, ((0, 0), (0, 0), (0, 0), (0, cmax - h.shape[-1])))
