@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from metanas_jax import builders, data, pipeline
+from metanas_jax import builders, data, pipeline, workdir
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.config import apply_overrides, check_workdir, load_config, to_dict
@@ -117,7 +117,9 @@ def main(argv=None):
                       "seconds": {"meta-train": meta.get("seconds"), "search": srch.get("seconds")}}
         print(f"seed {seed}: stages done in {time.perf_counter() - t0:.0f}s "
               f"(meta-train {meta.get('seconds', 0):.0f}s, search {srch.get('seconds', 0):.0f}s)", flush=True)
-        for w in meta.get("warnings", []):
+        # (recomputed from the record: a resumed stage keeps the warnings of its own code)
+        meta["warnings"] = workdir.evaluator_warnings(meta)
+        for w in meta["warnings"]:
             print(f"  warning: {w}", flush=True)
 
     # one common training of every method's best (and the reference) per seed
@@ -180,10 +182,10 @@ def main(argv=None):
         row["archs"] = [common[f"{s}/{m}"]["arch"] for s in seeds]
         per_method[m] = row
     cv = [runs[s]["meta"].get("cv") for s in seeds]
-    cv_keys = ("before", "after", "regret_before", "regret_after", "regret_random")
-    evaluator = {k: mean_std([c["mean"][k] for c in cv if c]) for k in cv_keys}
+    cv_keys = ("before", "after", "regret_before", "regret_after", "regret_random", "linear_tau")
+    evaluator = {k: mean_std([c["mean"][k] for c in cv if c and k in c["mean"]]) for k in cv_keys}
     evaluator["experience_mean_acc"] = mean_std([runs[s]["meta"].get("experience_mean_acc") for s in seeds])
-    warnings = {str(s): runs[s]["meta"].get("warnings", []) for s in seeds}
+    warnings = {str(s): runs[s]["meta"]["warnings"] for s in seeds}
 
     print("\n== transfer comparison ==")
     print(f"{'method':10s} " + " ".join(f"{'val@' + str(k):>15s}" for k in ks) + f" {'common test':>15s}")

@@ -122,11 +122,14 @@ def _cell(text: str) -> str:
 def _cv_section(cv: dict) -> list[str]:
     """The evaluator's k-fold meta-evaluation over source tasks: per fold and mean +- std."""
     keys = (("before", "tau before"), ("after", "tau after"), ("regret_before", "regret before"),
-            ("regret_after", "regret after"), ("regret_random", "regret random"))
+            ("regret_after", "regret after"), ("regret_random", "regret random"),
+            ("linear_tau", "linear probe tau"))
+    keys = tuple(k for k in keys if k[0] in cv["mean"])  # (records from before the probe)
     lines = ["## Evaluator, cross-validated over source tasks", "",
              f"{cv['k']} folds: meta-trained on the other folds, measured on the held-out tasks' "
              f"architectures (Kendall tau, top-{cv['top_k']} regret) before and after adapting to "
-             f"{cv['n_observed']} of their scored architectures.", "",
+             f"{cv['n_observed']} of their scored architectures. Linear probe: a ridge regression "
+             f"from the same features fitted on the same folds; an evaluator below it underfits.", "",
              "| fold | held-out tasks | " + " | ".join(k[1] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for f, row in enumerate(cv["folds"]):

@@ -127,11 +127,25 @@ def test_cross_validation_reports_every_fold():
                           steps=150, batch_tasks=4, n_support=8, n_query=16, lr=3e-3)
     assert cv["k"] == 3 and len(cv["folds"]) == 3
     assert sorted(sum((f["held_out"] for f in cv["folds"]), [])) == list(range(6))
-    for key in ("before", "after", "regret_before", "regret_after", "regret_random"):
+    for key in ("before", "after", "regret_before", "regret_after", "regret_random", "linear_tau"):
         assert np.isfinite(cv["mean"][key]) and cv["std"][key] >= 0
     # a learnable relation transfers to held-out tasks
     assert cv["mean"]["after"] > 0.3
+    assert cv["mean"]["linear_tau"] > 0.3
     assert cv["mean"]["regret_after"] < cv["mean"]["regret_random"]
+
+
+def test_linear_probe_finds_a_shared_linear_signal_and_not_noise():
+    space, mt = _toy_meta_tasks()
+    ev = S.Evaluator(space, S.EvaluatorConfig(task_input="none"))
+    train, held = (S.MetaTasks(zs=mt.zs[i], scores=mt.scores[i], task=mt.task[i])
+                   for i in (np.arange(4), np.arange(4, 6)))
+    tau = S.linear_probe_tau(ev, train, held)
+    assert tau.shape == (2,) and tau.min() > 0.5
+    _, noise = _toy_meta_tasks(informative=False)
+    tau = S.linear_probe_tau(ev, S.MetaTasks(zs=noise.zs[:4], scores=noise.scores[:4], task=noise.task[:4]),
+                             S.MetaTasks(zs=noise.zs[4:], scores=noise.scores[4:], task=noise.task[4:]))
+    assert abs(tau.mean()) < 0.3
 
 
 def test_evaluator_meta_training_stays_finite_on_quantized_scores():
@@ -156,6 +170,9 @@ def test_meta_train_warnings():
     w = " / ".join(evaluator_warnings(bad))
     for part in ("near chance", "rose from", "tau after adaptation -0.050 <= 0", "no better than random"):
         assert part in w, part
+    under = {**ok, "cv": {"k": 5, "top_k": 1, "mean": {"after": 0.05, "linear_tau": 0.2,
+                                                      "regret_after": 0.01, "regret_random": 0.05}}}
+    assert "below half a linear probe's 0.200" in " / ".join(evaluator_warnings(under))
 
 
 @pytest.mark.slow

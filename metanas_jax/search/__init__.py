@@ -17,7 +17,7 @@
 """
 from metanas_jax.search.baselines import NeighbourhoodSearch, RandomSearch, RegularizedEvolution
 from metanas_jax.search.evaluator import (Evaluator, EvaluatorConfig, ImageSetEncoder, MetaTasks,
-                                          cross_validate, kendall_tau, random_top_k_regret,
+                                          cross_validate, kendall_tau, linear_probe_tau, random_top_k_regret,
                                           task_folds, tau_before_after, top_k_regret)
 from metanas_jax.search.experience import (Experience, TrainConfig, collect_experience,
                                            load_experience, make_evaluate_fn, save_experience)
@@ -36,7 +36,7 @@ __all__ = [
     "history_init", "history_add", "best", "recommend", "best_so_far", "seen", "space_size", "arch_index",
     "index_to_z", "RandomSearch", "RegularizedEvolution", "NeighbourhoodSearch", "Evaluator", "EvaluatorConfig",
     "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "top_k_regret",
-    "random_top_k_regret", "task_folds", "cross_validate", "StrategyConfig",
+    "random_top_k_regret", "task_folds", "cross_validate", "linear_probe_tau", "StrategyConfig",
     "StrategyParams", "propose", "meta_train_strategy", "pool_lookup", "MetaSearcher",
     "MetaSearchState", "scratch_searcher", "TabularBenchmark", "load_nb201", "nb201_path",
     "Experience", "TrainConfig", "collect_experience", "make_evaluate_fn", "save_experience",
