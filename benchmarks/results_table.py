@@ -1,11 +1,13 @@
-"""The README's results blocks, generated from ``benchmarks/results/*.json``.
+"""The results blocks of README.md and benchmarks/README.md, generated from
+``benchmarks/results/*.json``.
 
     python benchmarks/results_table.py            # print every block
-    python benchmarks/results_table.py --write    # replace them in README.md
+    python benchmarks/results_table.py --write    # replace them in both files
 
-The README holds each block between two ``<!-- NAME -->`` markers (:data:`BLOCKS`);
-``tests/test_readme.py`` checks that each equals what this script prints, so no figure in
-them is typed by hand or goes stale.
+Each file holds each of its blocks between two ``<!-- NAME -->`` markers (:data:`BLOCKS`:
+name -> (file, function)); ``tests/test_readme.py`` checks that each equals what this script
+prints, so no figure in them is typed by hand or goes stale. README.md keeps the headline
+tables; benchmarks/README.md the supporting figures (proxy fidelity, final training).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 # published figures the few-shot rows are compared with (Finn et al., 2017, MAML)
 PUBLISHED = {("conv4", 5, 1): "MAML 98.7%", ("conv4", 20, 1): "MAML 95.8%"}
+# the transfer comparison of the CPU config as it is (48 tasks x 32 candidates of 256 images)
+TRANSFER = "tinyimagenet_to_cifar10_cpu_48x32.json"
 LABELS = {"meta": "meta-searcher (meta-trained evaluator + strategy)",
           "scratch": "same searcher, no meta-training", "evolution": "regularized evolution",
           "random": "random search", "reference": "hand-designed reference (not searched)"}
@@ -36,7 +40,7 @@ def _images(n) -> str:
 
 def transfer_table() -> str:
     lines = []
-    path = RESULTS / "tinyimagenet_to_cifar10_cpu_256.json"  # the config as it is (256-image tasks)
+    path = RESULTS / TRANSFER
     if path.is_file():
         r = json.loads(path.read_text())
         ks = sorted(int(k.rsplit("_", 1)[1]) for k in next(iter(r["methods"].values())) if k.startswith("best_val_after_"))
@@ -51,15 +55,20 @@ def transfer_table() -> str:
             lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cols) + f" | {_pm(row['common_test_acc'])} |")
         ev = r["evaluator"]
         lines += ["", f"Evaluator, 5-fold cross-validated on held-out source tasks (mean over seeds): "
-                  f"Kendall tau {ev['before']['mean']:.3f} before / {ev['after']['mean']:.3f} after adaptation; "
-                  f"top-1 regret {ev['regret_after']['mean'] * 100:.1f} points vs {ev['regret_random']['mean'] * 100:.1f} "
+                  f"Kendall tau {ev['before']['mean']:.3f} before / {ev['after']['mean']:.3f} after adaptation"
+                  + (f" (a linear probe on the same folds: {ev['linear_tau']['mean']:.3f})"
+                     if ev.get("linear_tau", {}).get("mean") is not None else "")
+                  + f"; top-1 regret {ev['regret_after']['mean'] * 100:.1f} points vs {ev['regret_random']['mean'] * 100:.1f} "
                   f"for random choice; NAS-experience accuracy {ev['experience_mean_acc']['mean'] * 100:.1f}% "
                   f"(chance {100 / r['config']['data']['n_classes']:.0f}%). On the target, Kendall tau of the "
                   f"meta-searcher's predictions vs the measured proxy accuracy of its candidates: "
                   f"{_pm(r['methods']['meta'].get('target_tau'), 1.0)}."]
-    lines += proxy_fidelity()
-    lines += final_training()
     return "\n".join(lines).strip("\n")
+
+
+def benchmark_figures() -> str:
+    """benchmarks/README.md's block: proxy fidelity and final training."""
+    return "\n".join(proxy_fidelity() + final_training()).strip("\n")
 
 
 def _load_range(runs) -> str:
@@ -251,8 +260,10 @@ def fewshot_table() -> str:
                      + rows)
 
 
-BLOCKS = {"transfer-results": transfer_table, "nb201-results": nb201_table,
-          "fewshot-results": fewshot_table}
+README, BENCH_README = ROOT / "README.md", ROOT / "benchmarks" / "README.md"
+BLOCKS = {"transfer-results": (README, transfer_table), "nb201-results": (README, nb201_table),
+          "fewshot-results": (README, fewshot_table),
+          "benchmark-figures": (BENCH_README, benchmark_figures)}
 
 
 def readme_block(text: str, name: str) -> str | None:
@@ -260,13 +271,15 @@ def readme_block(text: str, name: str) -> str | None:
     return parts[1].strip("\n") if len(parts) == 3 else None
 
 
-def write(text: str) -> str:
-    """``text`` (the README) with every block regenerated."""
-    for name, fn in BLOCKS.items():
+def write(text: str, path: Path = README) -> str:
+    """``text`` (the file ``path``) with each of its blocks regenerated."""
+    for name, (where, fn) in BLOCKS.items():
+        if where != path:
+            continue
         mark = f"<!-- {name} -->"
         parts = text.split(mark)
         if len(parts) != 3:
-            raise SystemExit(f"README.md must hold exactly two {mark} markers")
+            raise SystemExit(f"{path.relative_to(ROOT)} must hold exactly two {mark} markers")
         text = parts[0] + mark + "\n" + fn() + "\n" + mark + parts[2]
     return text
 
@@ -276,10 +289,10 @@ def main():
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if not args.write:
-        print("\n\n".join(fn() for fn in BLOCKS.values()))
+        print("\n\n".join(fn() for _, fn in BLOCKS.values()))
         return
-    readme = ROOT / "README.md"
-    readme.write_text(write(readme.read_text()))
+    for path in {where for where, _ in BLOCKS.values()}:
+        path.write_text(write(path.read_text(), path))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ def _results_table():
     return mod
 
 
-@pytest.mark.parametrize("name", ["transfer-results", "nb201-results", "fewshot-results"])
+@pytest.mark.parametrize("name", ["transfer-results", "nb201-results", "fewshot-results",
+                                  "benchmark-figures"])
 def test_readme_results_blocks_match_the_result_files(name):
     mod = _results_table()
     assert name in mod.BLOCKS
-    block = mod.readme_block((ROOT / "README.md").read_text(), name)
-    assert block is not None, f"README.md lost its {name} markers"
-    assert block == mod.BLOCKS[name](), "README results are stale: run python benchmarks/results_table.py --write"
+    path, fn = mod.BLOCKS[name]
+    block = mod.readme_block(path.read_text(), name)
+    assert block is not None, f"{path.name} lost its {name} markers"
+    assert block == fn(), "results are stale: run python benchmarks/results_table.py --write"
