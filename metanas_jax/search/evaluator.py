@@ -535,7 +535,7 @@ def linear_probe_tau(ev: Evaluator, train: MetaTasks, held: MetaTasks, ridge: fl
     sc = np.asarray(train.scores, np.float64)
     y = (sc - sc.mean(1, keepdims=True)).ravel()
     w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
-    return np.asarray([kendall_tau(design(z) @ w, s) for z, s in zip(held.zs, held.scores)])
+    return np.asarray([kendall_tau(p, s) for p, s in zip(design(held.zs) @ w, held.scores)])
 
 
 def task_folds(num_tasks: int, folds: int, key: jax.Array) -> list[np.ndarray]:
