@@ -123,6 +123,17 @@ def proxy_fidelity() -> list[str]:
     return lines
 
 
+def _training_summary(r: dict) -> tuple[str, str]:
+    """(test accuracy with its spread and time, per-epoch curve) of a ``bench_train.py`` file."""
+    s, runs = r["train_summary"], r["train"]
+    curve = " / ".join(f"{sum(x['curve'][e]['test_acc'] for x in runs) / len(runs) * 100:.1f}"
+                       for e in range(len(runs[0]["curve"])))
+    std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
+    return (f"**{s['test_acc_mean'] * 100:.2f}{std}%** after {s['train_seconds_mean'] / 60:.0f} min of "
+            f"training on {r['machine']['cores']} cores (1-minute load average {_load_range(runs)} while "
+            f"training, other jobs included)"), curve
+
+
 def final_training() -> list[str]:
     """Lines for ``bench_train.py``'s results: time-to-accuracy and step speed."""
     lines = []
@@ -131,38 +142,45 @@ def final_training() -> list[str]:
         r = json.loads(path.read_text())
         s, runs = r["train_summary"], r["train"]
         cfg = runs[0]["recipe"]
-        curve = " / ".join(f"{sum(x['curve'][e]['test_acc'] for x in runs) / len(runs) * 100:.1f}"
-                           for e in range(len(runs[0]["curve"])))
-        std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
+        acc, curve = _training_summary(r)
         lines += ["", f"Final training on CIFAR-10 (`{path.relative_to(ROOT)}`): the named `{r['arch_name']}` "
                   f"network of the CIFAR space ({_layout(r)}), {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
                   f"{cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, whitened stem {cfg['whiten_stem']}, "
                   f"identity-initialised convolutions {cfg.get('dirac_init', False)}, "
                   f"test-time augmentation {cfg['tta']}; conv_impl {cfg['conv_impl']}, bf16 {cfg['bf16']}) on the 50,000 train "
-                  f"images, {s['n']} seed{'s' * (s['n'] != 1)}: test accuracy **{s['test_acc_mean'] * 100:.2f}{std}%** after "
-                  f"{s['train_seconds_mean'] / 60:.0f} min of training on {r['machine']['cores']} cores "
-                  f"(1-minute load average {_load_range(runs)} while training, other jobs included) "
+                  f"images, {s['n']} seed{'s' * (s['n'] != 1)}: test accuracy {acc} "
                   f"(mean test accuracy after each epoch: {curve}%); 93% reached by {s['reached_93']} of "
                   f"{s['n']} seed{'s' * (s['n'] != 1)}, 94% by {s['reached_94']}."]
+        other = RESULTS / "bench_train_cifar10_matmul_bf16.json"
+        if other.is_file():
+            o = json.loads(other.read_text())
+            acc, curve = _training_summary(o)
+            lines += ["", f"The same training with bf16 matmul operands (`conv_impl matmul_bf16`, "
+                      f"`{other.relative_to(ROOT)}`, {o['train_summary']['n']} seed"
+                      f"{'s' * (o['train_summary']['n'] != 1)}): test accuracy {acc} (after each epoch: {curve}%)."]
     path = RESULTS / "bench_train_speed.json"
     if path.is_file():
         r = json.loads(path.read_text())
         rows = {x["name"]: x for x in r["rows"]}
         lines += ["", f"One training step of `{r['arch_name']}` ({_layout(r)}), batch {r['rows'][-1].get('batch', '')}, same run "
                   f"(`{path.relative_to(ROOT)}`; peak = this machine's measured matmul FLOP/s: "
-                  f"{rows['peak/f32']['gflops']:.0f} GFLOP/s f32, {rows['peak/bf16']['gflops']:.0f} bf16):", "",
-                  "| precision | JAX, lax.conv | JAX, im2col matmuls | % of peak (best) | PyTorch | best JAX / PyTorch |",
-                  "|---|---|---|---|---|---|"]
+                  f"{rows['peak/f32']['gflops']:.0f} GFLOP/s f32, {rows['peak/bf16']['gflops']:.0f} bf16; "
+                  f"a row's precision is its matmuls'):", "",
+                  "| precision | JAX, lax.conv | JAX, im2col matmuls | JAX, im2col, float32 activations "
+                  "(`matmul_bf16`) | % of peak (best) | PyTorch | best JAX / PyTorch |",
+                  "|---|---|---|---|---|---|---|"]
         for dt in ("f32", "bf16"):
-            jax_rows = [rows.get(f"step/{impl}/{dt}") for impl in ("xla", "matmul")]
-            if not all(jax_rows):
+            cells = [rows.get(f"step/{impl}/{dt}") for impl in ("xla", "matmul")]
+            cells.append(rows.get("step/matmul_bf16/f32") if dt == "bf16" else None)
+            jax_rows = [x for x in cells if x]
+            if not jax_rows:
                 continue
             best = max(jax_rows, key=lambda x: x["images_per_s"])
             t = rows.get(f"torch/{dt}", {})
             torch_cell = f"{t['images_per_s']:.0f} images/s" if "images_per_s" in t else "-"
             ratio = f"{t['ratio']:.2f}" if "ratio" in t else "-"
-            lines.append(f"| {dt} | {jax_rows[0]['images_per_s']:.0f} images/s | {jax_rows[1]['images_per_s']:.0f} "
-                         f"images/s | {best['pct_peak']:.0f}% | {torch_cell} | {ratio} |")
+            lines.append(f"| {dt} | " + " | ".join(f"{x['images_per_s']:.0f} images/s" if x else "-" for x in cells)
+                         + f" | {best['pct_peak']:.0f}% | {torch_cell} | {ratio} |")
     return lines
 
 

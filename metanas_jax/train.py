@@ -34,11 +34,12 @@ from flax import traverse_util
 
 from metanas_jax import data as data_mod
 from metanas_jax import nn as mnn
+from metanas_jax.nn import fastconv
 from metanas_jax.nn.fastconv import patches
 
 SCHEDULES = ("cosine", "triangle")
 TTA = ("none", "flip", "flip_shift")
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = fastconv.IMPLS
 STEM_KERNEL = ("stem", "conv", "kernel")
 
 # Named recipes: overrides of the ``train`` config keys. "fast" is airbench's recipe

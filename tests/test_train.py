@@ -187,11 +187,12 @@ def test_bf16_close_to_f32_and_conv_impls_agree(setup):
     x = data.normalize(target.test.images[:32])
     nets = {name: T.FinalTrainConfig(bf16=b, conv_impl=impl).build(space, arch, 10)
             for name, b, impl in (("f32", "off", "xla"), ("bf16", "on", "xla"),
-                                  ("matmul", "off", "matmul"))}
+                                  ("matmul", "off", "matmul"), ("matmul_bf16", "off", "matmul_bf16"))}
     variables = jax.jit(lambda k: nets["f32"].init(k, x))(jax.random.key(1))
     out = {k: np.asarray(n.apply(variables, x, train=False), np.float32) for k, n in nets.items()}
     scale = np.abs(out["f32"]).max()
     assert np.abs(out["bf16"] - out["f32"]).max() < 0.05 * scale
+    assert np.abs(out["matmul_bf16"] - out["f32"]).max() < 0.05 * scale
     np.testing.assert_allclose(out["matmul"], out["f32"], rtol=1e-4, atol=1e-4 * scale)
 
 

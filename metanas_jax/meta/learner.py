@@ -111,7 +111,7 @@ def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool"
                    conv_impl=conv_impl)
     # matmul convolutions vmap well; per-task lax.conv weights are slow grouped convs on CPU
     return Learner(module, None,
-                   cpu_strategy="vmap" if resolve_impl(conv_impl) == "matmul" else "unroll",
+                   cpu_strategy="vmap" if resolve_impl(conv_impl).startswith("matmul") else "unroll",
                    recipe={"kind": "conv4", "num_classes": int(num_classes), "channels": int(channels),
                            "downsample": downsample, "conv_impl": conv_impl, "blocks": int(blocks)})
 

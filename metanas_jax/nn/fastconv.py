@@ -12,6 +12,15 @@ too, at any order of differentiation (second-order MAML differentiates through i
 ``"matmul"`` on CPU, also for one network's final training: there its step is faster
 than with ``lax.conv``, whose weight gradient is XLA:CPU's slowest part (figures:
 ``benchmarks/bench_train.py``). All implementations compute the same function (tested).
+
+``"matmul_bf16"`` is the im2col convolution with bfloat16 matmul operands, float32
+accumulation and float32 input and output: mixed precision confined to the three dots of
+a convolution and its gradient, everything elementwise (batch norm, activations, pooling)
+left in float32. Why not bf16 activations: XLA:CPU computes most bf16 elementwise ops and
+reductions by converting to float32 and back (a bf16 step was slower than float32), and
+runs a bf16 dot on its fast path only in the canonical ``(M, K) @ (K, N)`` form, so the
+gradient's two dots are written in that form with materialised transposes (see
+:func:`_matmul_bf16`).
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "matmul")
+IMPLS = ("auto", "xla", "matmul", "matmul_bf16")
 
 
 def resolve_impl(impl: str) -> str:
@@ -76,6 +85,8 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
         raise ValueError(f"conv2d: stride and dilation must be >= 1, got {stride}, {dilation}")
     impl = resolve_impl(impl)
     kh, kw, c, o = w.shape
+    if impl == "matmul_bf16" and groups == 1:
+        return _matmul_bf16(x, w, stride, padding, dilation)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
             x, w.astype(x.dtype), (stride, stride), padding, rhs_dilation=(dilation, dilation),
@@ -96,6 +107,53 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     y = jnp.dot(p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype),
                 preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     return y.reshape(n, ho, wo, o).astype(x.dtype)
+
+
+def _materialised_t(a: jax.Array) -> jax.Array:
+    """``a.T`` for a 2-D ``a``, laid out row-major. A plain transpose XLA folds into the
+    consuming dot as a transposed operand, which XLA:CPU's bf16 fast path does not take;
+    split into three dimensions it stays a copy of its own (its cost: one pass over
+    ``a``, 5-10% of the dot it feeds at the sizes of a CIFAR network)."""
+    m, n = a.shape
+    s = next(f for f in (16, 8, 4, 2, 1) if n % f == 0)
+    return a.reshape(m, n // s, s).transpose(1, 2, 0).reshape(n, m)
+
+
+def _bf16_fwd(x, w, stride, padding, dilation):
+    kh, kw, _, o = w.shape
+    p = patches(x.astype(jnp.bfloat16), (kh, kw), stride, padding, dilation)
+    n, ho, wo, k = p.shape
+    p = p.reshape(n * ho * wo, k)
+    y = jnp.dot(p, w.reshape(k, o).astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return y.reshape(n, ho, wo, o).astype(x.dtype), (x, w, p)
+
+
+def _bf16_bwd(stride, padding, dilation, res, g):
+    """Both gradient dots in canonical form: ``dW^T = g^T P`` and ``dP = g W^T``, with
+    ``g^T`` and ``W^T`` materialised in bf16; the patch gradient goes back to the input
+    grid (col2im) in float32 by the transpose of the patch gather."""
+    x, w, p = res
+    kh, kw, _, o = w.shape
+    # the barrier keeps the cast apart from g's producer: fused with the transpose below,
+    # an elementwise producer runs several times slower than the two passes apart
+    gb = jax.lax.optimization_barrier(g.reshape(-1, o).astype(jnp.bfloat16))
+    dw = _materialised_t(jnp.dot(_materialised_t(gb), p, preferred_element_type=jnp.float32))
+    wt = _materialised_t(w.reshape(-1, o).astype(jnp.bfloat16))
+    dp = jnp.dot(gb, wt, preferred_element_type=jnp.float32).astype(x.dtype)
+    _, col2im = jax.vjp(lambda v: patches(v, (kh, kw), stride, padding, dilation), x)
+    dx, = col2im(dp.reshape(*g.shape[:3], -1))
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _matmul_bf16(x, w, stride, padding, dilation):
+    """im2col convolution with bf16 operands, float32 accumulation, ``x.dtype`` output.
+    On the 2-core Xeon of benchmarks/LOG.md the airbench-class training step runs about
+    1.3x faster than the float32 im2col one (``benchmarks/bench_train.py``)."""
+    return _bf16_fwd(x, w, stride, padding, dilation)[0]
+
+
+_matmul_bf16.defvjp(_bf16_fwd, _bf16_bwd)
 
 
 def _taps(xp, ho, wo, kh, kw, stride, dilation):
