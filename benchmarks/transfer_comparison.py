@@ -76,6 +76,10 @@ def main(argv=None):
     ap.add_argument("--reference", default="", help="hand-designed architecture string "
                     "(default: the config module's REFERENCE_ARCH for its size, if any)")
     ap.add_argument("--checkpoints", default="10,20,50", help="evaluation counts to report")
+    ap.add_argument("--finalists", type=int, default=1,
+                    help="> 1: also train each method's k best-scored candidates with the common "
+                         "recipe and report the test accuracy of the one with the best validation "
+                         "accuracy (search.finalists, applied to the stored searches)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override (repeatable), as metanas's --config.KEY=VALUE")
     ap.add_argument("--out", default="")
@@ -136,14 +140,13 @@ def main(argv=None):
         target = prep.target
         if 0 < args.common_train < len(target.train):
             target = target._replace(train=data.subsample(target.train, args.common_train, seed))
-        todo = {m: r["search"]["results"][m]["best_choices"] for m in methods}
-        if reference:
-            todo["reference"] = list(prep.space.from_string(reference).choices)
-        for name, choices in todo.items():
-            key = f"{seed}/{name}"
-            done = lambda v: (v.get("epochs") == fcfg.epochs and v.get("train_images") == len(target.train))
+        done = lambda v: (v.get("epochs") == fcfg.epochs and v.get("train_images") == len(target.train))
+
+        def common_train(key, choices, seed=seed, fcfg=fcfg, target=target, prep=prep, done=done):
+            """The common training of ``choices`` (cached in common.json under ``key``; an
+            architecture trained before for this seed is not trained again)."""
             if key in common and done(common[key]):
-                continue
+                return common[key]
             same = next((v for k, v in common.items()
                          if k.startswith(f"{seed}/") and v["choices"] == choices and done(v)), None)
             if same is None:
@@ -157,8 +160,27 @@ def main(argv=None):
                         "seconds": time.perf_counter() - t0}
             common[key] = same
             write_json(common_path, common)
-            print(f"seed {seed} {name:10s} test {same['test_acc']:.4f} val {same['val_acc']:.4f} "
-                  f"params {same['params']}  {same['arch']}", flush=True)
+            return same
+
+        todo = {m: r["search"]["results"][m]["best_choices"] for m in methods}
+        if reference:
+            todo["reference"] = list(prep.space.from_string(reference).choices)
+        for name, choices in todo.items():
+            v = common_train(f"{seed}/{name}", choices)
+            print(f"seed {seed} {name:10s} test {v['test_acc']:.4f} val {v['val_acc']:.4f} "
+                  f"params {v['params']}  {v['arch']}", flush=True)
+        # finalists: each method's k best-scored candidates through the same training, the one
+        # with the best validation accuracy kept (search.finalists, applied to the stored search)
+        for name in methods if args.finalists > 1 else ():
+            res = r["search"]["results"][name]
+            idx = S.finalists(res["scores"], res["choices"], args.finalists, res.get("diverged", []))
+            trained = [common_train(f"{seed}/{name}/finalist{j}", res["choices"][i]) for j, i in enumerate(idx)]
+            best = max(trained, key=lambda v: v["val_acc"])
+            common[f"{seed}/{name}/finalists"] = {**best, "finalists": [v["arch"] for v in trained],
+                                                   "finalist_val": [v["val_acc"] for v in trained]}
+            write_json(common_path, common)
+            print(f"seed {seed} {name:10s} finalists val {[round(v['val_acc'], 4) for v in trained]} -> "
+                  f"test {best['test_acc']:.4f}  {best['arch']}", flush=True)
 
     # aggregate
     per_method = {}
@@ -179,6 +201,9 @@ def main(argv=None):
                 row["target_tau"] = mean_std(taus)
         row["common_test_acc"] = mean_std([common[f"{s}/{m}"]["test_acc"] for s in seeds])
         row["common_val_acc"] = mean_std([common[f"{s}/{m}"]["val_acc"] for s in seeds])
+        if args.finalists > 1 and m != "reference":
+            row["finalists_test_acc"] = mean_std([common[f"{s}/{m}/finalists"]["test_acc"] for s in seeds])
+            row["finalists_archs"] = [common[f"{s}/{m}/finalists"]["arch"] for s in seeds]
         row["archs"] = [common[f"{s}/{m}"]["arch"] for s in seeds]
         per_method[m] = row
     cv = [runs[s]["meta"].get("cv") for s in seeds]
@@ -188,11 +213,14 @@ def main(argv=None):
     warnings = {str(s): runs[s]["meta"]["warnings"] for s in seeds}
 
     print("\n== transfer comparison ==")
-    print(f"{'method':10s} " + " ".join(f"{'val@' + str(k):>15s}" for k in ks) + f" {'common test':>15s}")
+    fin = args.finalists > 1
+    print(f"{'method':10s} " + " ".join(f"{'val@' + str(k):>15s}" for k in ks) + f" {'common test':>15s}"
+          + (f" {f'top-{args.finalists} test':>15s}" if fin else ""))
     fmt = lambda d: f"{d['mean']:.4f}+-{(d['std'] or 0):.4f}" if d["mean"] is not None else "-"
     for m, row in per_method.items():
         cols = [fmt(row[f"best_val_after_{k}"]) if f"best_val_after_{k}" in row else "-" for k in ks]
-        print(f"{m:10s} " + " ".join(f"{c:>15s}" for c in cols) + f" {fmt(row['common_test_acc']):>15s}")
+        print(f"{m:10s} " + " ".join(f"{c:>15s}" for c in cols) + f" {fmt(row['common_test_acc']):>15s}"
+              + (f" {fmt(row['finalists_test_acc']) if 'finalists_test_acc' in row else '-':>15s}" if fin else ""))
     for m, row in per_method.items():
         if "target_tau" in row:
             print(f"{m}: Kendall tau of predicted vs measured proxy accuracy of its candidates on the "
@@ -203,7 +231,8 @@ def main(argv=None):
 
     out = {"command": command, "config": to_dict(base), "seeds": seeds, "reference_arch": reference,
            "common_epochs": int(args.epochs) or int(base.train.epochs),
-           "common_train_images": int(args.common_train) or "all", "methods": per_method,
+           "common_train_images": int(args.common_train) or "all", "finalists": args.finalists,
+           "methods": per_method,
            "evaluator": evaluator, "warnings": warnings, "cv": {str(s): c for s, c in zip(seeds, cv)},
            "stage_seconds": {str(s): runs[s]["seconds"] for s in seeds}, "common": common,
            "machine": machine(), "wall_seconds": time.perf_counter() - t_all,

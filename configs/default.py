@@ -86,6 +86,13 @@ def get_config(arg=None):
                                       # "model" = its own recommendation (search.recommend: for
                                       # "meta"/"scratch" the evaluated architecture the adapted
                                       # evaluator predicts best; a noisy proxy's argmax is often luck)
+    c.search.finalists = 1            # > 1: each method's k best-scored candidates are trained with
+                                      # the final-training recipe (train.*) and the one with the best
+                                      # validation accuracy is handed over (the short proxy favours
+                                      # fast learners); k trainings per method on top of the budget
+    c.search.finalist_epochs = 0      # finalists' training epochs (0: train.epochs)
+    c.search.finalist_images = 0      # finalists' training images (0: the whole train split, else
+                                      # a stratified subsample)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10

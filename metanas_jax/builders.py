@@ -36,7 +36,8 @@ def keys(cfg) -> dict:
     this list: never reorder it, or every result changes)."""
     root = jax.random.key(int(cfg.seed))
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(
-        ("tasks", "experience", "evaluator", "strategy", "search_eval", "search", "train", "cv"))}
+        ("tasks", "experience", "evaluator", "strategy", "search_eval", "search", "train", "cv",
+         "finalists"))}
 
 
 def mesh(cfg):
@@ -49,6 +50,20 @@ def train_config(cfg) -> S.TrainConfig:
     ``candidate`` section, ``steps`` full-batch steps at ``lr``."""
     c = cfg.candidate
     return S.TrainConfig(steps=int(c.steps), lr=float(c.lr), chunk=int(c.chunk))
+
+
+def finalist_training(cfg, target: data.TargetTask) -> tuple[T.FinalTrainConfig, data.TargetTask]:
+    """How ``search.finalists`` are trained to choose among them: the ``train`` recipe for
+    ``search.finalist_epochs`` epochs on ``search.finalist_images`` stratified training
+    images (0: the train section's epochs, the whole split)."""
+    fcfg = T.FinalTrainConfig.from_config(cfg.train)
+    epochs = int(cfg.search.get("finalist_epochs", 0))
+    if epochs:
+        fcfg = dataclasses.replace(fcfg, epochs=epochs)
+    n = int(cfg.search.get("finalist_images", 0))
+    if 0 < n < len(target.train):
+        target = target._replace(train=data.subsample(target.train, n, int(cfg.seed)))
+    return fcfg, target
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -293,6 +308,15 @@ def check_search(cfg) -> tuple[str, ...]:
             raise ValueError(f"search.{name} must be >= 1, got {cfg.search[name]}")
     if cfg.search.get("pick", "score") not in PICKS:
         raise ValueError(f"search.pick must be one of {list(PICKS)}, got {cfg.search.pick!r}")
+    k = int(cfg.search.get("finalists", 1))
+    if k < 1:
+        raise ValueError(f"search.finalists must be >= 1 (1: off), got {cfg.search.finalists}")
+    if k > 1 and cfg.search.get("pick", "score") != "score":
+        raise ValueError(f"search.finalists={k} chooses among the best-scored candidates; it "
+                         f"does not combine with search.pick={cfg.search.pick!r} (set one of them)")
+    for name in ("finalist_epochs", "finalist_images"):
+        if int(cfg.search.get(name, 0)) < 0:
+            raise ValueError(f"search.{name} must be >= 0 (0: the train section's), got {cfg.search[name]}")
     return methods
 
 

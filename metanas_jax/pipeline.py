@@ -352,6 +352,16 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
         i = int(np.argmax(r["scores"])) if pick == "score" else int(S.recommend(searcher, state))
         if i in set(r["diverged"]):  # a model may still rank a failed candidate first
             i = int(np.argmax(r["scores"]))
+        if int(cfg.search.get("finalists", 1)) > 1:
+            pick = "finalists"
+
+            def save_finalist(r=r, state=state, name=name):
+                nonlocal step
+                step += 1
+                results[name] = r
+                ck.save(step, state, {"results": results, "current": name,
+                                      "seconds": time.perf_counter() - t_start})
+            i = _train_finalists(cfg, prep, r, save_finalist)
         r.update(done=True, best_index=i, best_val=r["scores"][i], picked_by=pick,
                  best_arch=str(prep.space.make_arch(r["choices"][i])), best_choices=r["choices"][i])
         results[name] = r
@@ -364,6 +374,28 @@ def search(cfg, workdir: Path, prep: Prepared | None = None) -> dict:
     ck.save(step, {}, record)
     W.write_json(workdir / "search.json", record)
     return record
+
+
+def _train_finalists(cfg, prep: Prepared, r: dict, save) -> int:
+    """Train a method's ``search.finalists`` best-scored candidates (recorded in
+    ``r["finalists"]`` one by one, ``save()`` after each: a killed run resumes with the
+    next) and return the index of the one with the best validation accuracy. The test
+    split is not touched."""
+    fcfg, target = B.finalist_training(cfg, prep.target)
+    key = B.keys(cfg)["finalists"]
+    done = {f["index"]: f for f in r.get("finalists", [])}
+    r["finalists"] = list(done.values())
+    for i in S.finalists(r["scores"], r["choices"], int(cfg.search.finalists), r["diverged"]):
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        arch = prep.space.make_arch(r["choices"][i])
+        _, _, _, res = T.train(prep.space, arch, target, fcfg, key, evaluate_test=False)
+        r["finalists"].append({"index": i, "arch": str(arch), "proxy_val": r["scores"][i],
+                               "val_acc": res["val_acc"], "epochs": fcfg.epochs,
+                               "train_images": len(target.train), "seconds": time.perf_counter() - t0})
+        save()
+    return max(r["finalists"], key=lambda f: f["val_acc"])["index"]
 
 
 # -- stage 3: final training ------------------------------------------------------------------

@@ -201,6 +201,15 @@ def write_report(workdir) -> Path:
             lines.append(f"| {name} | {len(r['scores'])} | {r.get('picked_by', 'score')} | "
                          f"{r['scores'][i]:.4f} | {i + 1} | `{_cell(r.get('best_arch', ''))}` |")
         lines += ["", "![best so far](search.png)", ""]
+        for name, r in res.items():
+            if r.get("finalists"):
+                f0 = r["finalists"][0]
+                lines += [f"Finalists of `{name}` (its best-scored candidates, trained {f0['epochs']} "
+                          f"epochs on {f0['train_images']} images; the best validation accuracy is "
+                          f"handed over):", "", "| found at | proxy val | trained val | architecture |",
+                          "|---|---|---|---|"]
+                lines += [f"| {f['index'] + 1} | {f['proxy_val']:.4f} | {f['val_acc']:.4f} | `{_cell(f['arch'])}` |"
+                          for f in r["finalists"]] + [""]
         for name in ("meta", "scratch"):
             if name in res and any(p is not None for p in res[name]["predicted"]):
                 tau = plot_predicted(res[name], out / f"predicted_{name}.png")

@@ -453,7 +453,7 @@ def setup(space, arch, train_ds, cfg: FinalTrainConfig):
 def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.normalize,
           start: tuple[int, TrainState, list] | None = None,
           on_epoch: Callable[[int, TrainState, list], None] | None = None,
-          progress: bool = False, mesh=None):
+          progress: bool = False, mesh=None, evaluate_test: bool = True):
     """Train ``arch`` on ``target.train``; returns ``(state, net, history, result)``.
 
     ``start = (epoch, state, history)`` resumes after ``epoch`` completed epochs.
@@ -464,7 +464,8 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     of the variables on each process's first device, and the state passed to
     ``on_epoch`` and returned is that host copy (numpy).
     ``history``: one dict per epoch (train loss/acc, val acc, seconds). ``result``:
-    final ``val_acc`` and ``test_acc`` (test evaluated here only), of the evaluated
+    final ``val_acc`` and ``test_acc`` (test evaluated here only; not at all with
+    ``evaluate_test=False``, when the training only serves to choose), of the evaluated
     variables (:meth:`TrainState.eval_variables`).
     """
     ds = target.train
@@ -537,6 +538,7 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     state = local(state)
     variables = state.eval_variables()
     result = {"val_acc": accuracy(eval_step, variables, target.val, cfg.eval_batch_size),
-              "test_acc": accuracy(eval_step, variables, target.test, cfg.eval_batch_size),
               "params": mnn.count_params({"params": state.params})}
+    if evaluate_test:
+        result["test_acc"] = accuracy(eval_step, variables, target.test, cfg.eval_batch_size)
     return state, net, history, result

@@ -118,6 +118,61 @@ def test_search_pick_model_hands_over_the_searchers_recommendation(uninterrupted
         builders.check_search(apply_overrides(stored_config(wd), ["search.pick=luck"]))
 
 
+def test_search_finalists_trained_and_best_validation_handed_over(uninterrupted, tmp_path):
+    """``search.finalists=2``: each method's two best-scored distinct candidates are
+    trained with the train recipe (here 1 epoch on 32 images), the one with the best
+    validation accuracy is handed over; a search killed after its first finalist resumes
+    to the same record; bad values are refused by key."""
+    import shutil
+
+    from metanas_jax import builders, pipeline
+    from metanas_jax import search as S
+    from metanas_jax.config import apply_overrides, stored_config
+    wd_a, _ = uninterrupted
+    wd = tmp_path / "finalists"
+    shutil.copytree(wd_a, wd)
+    shutil.rmtree(wd / "ckpt" / "search")
+    over = ["search.finalists=2", "search.finalist_epochs=1", "search.finalist_images=32"]
+    cfg = apply_overrides(stored_config(wd), over)
+    rec = pipeline.search(cfg, wd)["results"]
+    for name, r in rec.items():
+        fin = r["finalists"]
+        assert [f["index"] for f in fin] == S.finalists(r["scores"], r["choices"], 2, r["diverged"])
+        assert len({f["arch"] for f in fin}) == len(fin) == 2
+        assert all(f["epochs"] == 1 and f["train_images"] == 32 and "test_acc" not in f for f in fin)
+        assert r["picked_by"] == "finalists"
+        assert r["best_index"] == max(fin, key=lambda f: f["val_acc"])["index"]
+    # resumed after the first finalist of the first method: the same record
+    wd_b = tmp_path / "resumed"
+    shutil.copytree(wd_a, wd_b)
+    shutil.rmtree(wd_b / "ckpt" / "search")
+    calls = []
+    real = pipeline.T.train
+
+    def killed_after_one(*a, **kw):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **kw)
+    pipeline.T.train = killed_after_one
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.search(cfg, wd_b)
+    finally:
+        pipeline.T.train = real
+    again = pipeline.search(cfg, wd_b)["results"]
+    for name in rec:
+        assert [(f["index"], f["val_acc"]) for f in again[name]["finalists"]] == \
+            [(f["index"], f["val_acc"]) for f in rec[name]["finalists"]]
+        assert again[name]["best_index"] == rec[name]["best_index"]
+    for bad, key in (("search.finalists=0", "search.finalists"),
+                     ("search.finalist_images=-1", "search.finalist_images")):
+        with pytest.raises(ValueError, match=key):
+            builders.check_search(apply_overrides(stored_config(wd), [bad]))
+    with pytest.raises(ValueError, match="search.pick"):
+        builders.check_search(apply_overrides(stored_config(wd), ["search.finalists=2", "search.pick=model"]))
+
+
 @pytest.mark.slow
 def test_kill_in_every_stage_and_resume_equals_uninterrupted(uninterrupted, cache, tmp_path):
     """SIGKILL right after the first checkpoint of each stage in turn (meta-train mid-

@@ -9,7 +9,8 @@ from metanas_jax.search import (Evaluator, EvaluatorConfig, MetaTasks,
                                 RandomSearch, RegularizedEvolution, StrategyConfig,
                                 StrategyParams, TabularBenchmark, arch_index,
                                 index_to_z, propose_unique, history_init, history_add,
-                                recommend, run_search, scan_search, scratch_searcher, space_size)
+                                finalists, recommend, run_search, scan_search, scratch_searcher,
+                                space_size)
 
 # 16 architectures: 1 layer x (2 ops, 2 widths, residual, downsample)
 TINY = spaces.get("macro32", layers=1, ops=("conv3x3", "identity"), widths=(16, 32))
@@ -117,6 +118,16 @@ def test_recommend_model_pick_and_best_observed():
     row = int(recommend(s, st))
     assert ok[row] and pred[row] == pred[ok].max()
     assert not ok[0] and not ok[24:].any()  # the diverged first candidate, empty rows
+
+
+def test_finalists_best_distinct_first_skipping_excluded():
+    scores = [0.3, 0.9, 0.5, 0.9, 0.7, 0.1]
+    choices = [[0], [1], [2], [1], [3], [4]]  # evaluations 1 and 3: the same architecture
+    assert finalists(scores, choices, 3) == [1, 4, 2]
+    assert finalists(scores, choices, 3, exclude=[1]) == [3, 4, 2]
+    assert finalists(scores, choices, 10) == [1, 4, 2, 0, 5]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        finalists(scores, choices, 0)
 
 
 def test_same_seed_same_history_different_seed_differs():

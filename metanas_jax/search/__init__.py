@@ -23,7 +23,7 @@ from metanas_jax.search.experience import (Experience, TrainConfig, collect_expe
                                            load_experience, make_evaluate_fn, save_experience)
 from metanas_jax.search.fidelity import proxy_fidelity
 from metanas_jax.search.meta_searcher import MetaSearcher, MetaSearchState, scratch_searcher
-from metanas_jax.search.searcher import (BasicState, History, Searcher, arch_index, best,
+from metanas_jax.search.searcher import (BasicState, History, Searcher, arch_index, best, finalists,
                                          best_so_far, history_add, history_init, index_to_z,
                                          propose_unique, recommend, run_search, scan_search,
                                          seen, space_size)
@@ -33,7 +33,7 @@ from metanas_jax.search.tabular import TabularBenchmark, load_nb201, nb201_path
 
 __all__ = [
     "Searcher", "History", "BasicState", "run_search", "scan_search", "propose_unique",
-    "history_init", "history_add", "best", "recommend", "best_so_far", "seen", "space_size", "arch_index",
+    "history_init", "history_add", "best", "finalists", "recommend", "best_so_far", "seen", "space_size", "arch_index",
     "index_to_z", "RandomSearch", "RegularizedEvolution", "NeighbourhoodSearch", "Evaluator", "EvaluatorConfig",
     "ImageSetEncoder", "MetaTasks", "kendall_tau", "tau_before_after", "top_k_regret",
     "random_top_k_regret", "task_folds", "cross_validate", "linear_probe_tau", "StrategyConfig",

@@ -95,6 +95,26 @@ def recommend(searcher, state) -> jax.Array:
     return jnp.argmax(state.history.scores)
 
 
+def finalists(scores, choices, k: int, exclude=()) -> list[int]:
+    """Indices of the ``k`` best-scored distinct architectures (``choices``: one list per
+    evaluation; a re-evaluated architecture counts once), best first, skipping the
+    indices in ``exclude`` (diverged evaluations). A short proxy's argmax is often a fast
+    learner rather than the best network; training a few finalists longer and choosing by
+    validation accuracy hands over a better one (benchmarks/LOG.md, "Finalists")."""
+    if k < 1:
+        raise ValueError(f"finalists: k must be >= 1, got {k}")
+    bad, seen, out = set(int(i) for i in exclude), set(), []
+    for i in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
+        key = tuple(choices[i])
+        if int(i) in bad or key in seen:
+            continue
+        seen.add(key)
+        out.append(int(i))
+        if len(out) == k:
+            break
+    return out
+
+
 def best_so_far(h: History) -> jax.Array:
     """``(capacity,)``: the best score among the first ``i + 1`` evaluations."""
     return jax.lax.cummax(h.scores, axis=h.scores.ndim - 1)
