@@ -8,9 +8,9 @@ Sections (each row printed as it is measured, all written to ``--out``):
   ``--space``, default the named reference ``airbench8`` of the CIFAR space) at
   ``--batch`` images, per convolution implementation (``--impls``; ``matmul_bf16``: im2col
   with bf16 matmul operands, its rows counted as bf16 whatever the activations) and
-  activation precision (``--dtypes``): compile seconds, images/s, and the useful GFLOP/s (images/s times the
-  network's training FLOPs per image from XLA's cost analysis of the ``lax.conv`` step)
-  as a share of the peak of the precision used.
+  activation precision (``--dtypes``): compile seconds, images/s, and the useful GFLOP/s
+  (images/s times the network's training FLOPs per image from XLA's cost analysis of the
+  ``lax.conv`` step) as a share of the peak of the precision used.
 * ``torch``: the same network, loss and optimizer in PyTorch (channels-last, f32 and bf16
   autocast, ``--threads``), run by ``--torch-python`` in a subprocess
   (``benchmarks/torch_train.py``); skipped when that interpreter has no torch. ``ratio`` =

@@ -142,6 +142,9 @@ def test_search_finalists_trained_and_best_validation_handed_over(uninterrupted,
         assert all(f["epochs"] == 1 and f["train_images"] == 32 and "test_acc" not in f for f in fin)
         assert r["picked_by"] == "finalists"
         assert r["best_index"] == max(fin, key=lambda f: f["val_acc"])["index"]
+    from metanas_jax.report import write_report
+    report = write_report(wd).read_text()
+    assert "Finalists of `meta`" in report and "| trained val |" in report
     # resumed after the first finalist of the first method: the same record
     wd_b = tmp_path / "resumed"
     shutil.copytree(wd_a, wd_b)
