@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from metanas_jax import builders, data, pipeline, workdir
+from metanas_jax import builders, pipeline, workdir
 from metanas_jax import search as S
 from metanas_jax import train as T
 from metanas_jax.config import apply_overrides, check_workdir, load_config, to_dict
@@ -133,13 +133,7 @@ def main(argv=None):
     for seed in seeds:
         r = runs[seed]
         cfg, prep = r["cfg"], r["prep"]
-        fcfg = T.FinalTrainConfig.from_config(cfg.train)
-        if args.epochs:
-            import dataclasses
-            fcfg = dataclasses.replace(fcfg, epochs=int(args.epochs))
-        target = prep.target
-        if 0 < args.common_train < len(target.train):
-            target = target._replace(train=data.subsample(target.train, args.common_train, seed))
+        fcfg, target = builders.shortened_training(cfg, prep.target, args.epochs, args.common_train)
         done = lambda v: (v.get("epochs") == fcfg.epochs and v.get("train_images") == len(target.train))
 
         def common_train(key, choices, seed=seed, fcfg=fcfg, target=target, prep=prep, done=done):

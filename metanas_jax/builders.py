@@ -52,17 +52,17 @@ def train_config(cfg) -> S.TrainConfig:
     return S.TrainConfig(steps=int(c.steps), lr=float(c.lr), chunk=int(c.chunk))
 
 
-def finalist_training(cfg, target: data.TargetTask) -> tuple[T.FinalTrainConfig, data.TargetTask]:
-    """How ``search.finalists`` are trained to choose among them: the ``train`` recipe for
-    ``search.finalist_epochs`` epochs on ``search.finalist_images`` stratified training
-    images (0: the train section's epochs, the whole split)."""
+def shortened_training(cfg, target: data.TargetTask, epochs: int = 0,
+                       images: int = 0) -> tuple[T.FinalTrainConfig, data.TargetTask]:
+    """The ``train`` recipe for ``epochs`` epochs on ``images`` stratified training images
+    (0: the train section's epochs, the whole split; the subsample drawn with
+    ``config.seed``): how ``search.finalists`` are trained to choose among them, and the
+    common training of benchmarks/transfer_comparison.py."""
     fcfg = T.FinalTrainConfig.from_config(cfg.train)
-    epochs = int(cfg.search.get("finalist_epochs", 0))
-    if epochs:
-        fcfg = dataclasses.replace(fcfg, epochs=epochs)
-    n = int(cfg.search.get("finalist_images", 0))
-    if 0 < n < len(target.train):
-        target = target._replace(train=data.subsample(target.train, n, int(cfg.seed)))
+    if int(epochs):
+        fcfg = dataclasses.replace(fcfg, epochs=int(epochs))
+    if 0 < int(images) < len(target.train):
+        target = target._replace(train=data.subsample(target.train, int(images), int(cfg.seed)))
     return fcfg, target
 
 

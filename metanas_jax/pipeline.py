@@ -381,7 +381,8 @@ def _train_finalists(cfg, prep: Prepared, r: dict, save) -> int:
     ``r["finalists"]`` one by one, ``save()`` after each: a killed run resumes with the
     next) and return the index of the one with the best validation accuracy. The test
     split is not touched."""
-    fcfg, target = B.finalist_training(cfg, prep.target)
+    fcfg, target = B.shortened_training(cfg, prep.target, cfg.search.get("finalist_epochs", 0),
+                                        cfg.search.get("finalist_images", 0))
     key = B.keys(cfg)["finalists"]
     done = {f["index"]: f for f in r.get("finalists", [])}
     r["finalists"] = list(done.values())
