@@ -6,7 +6,8 @@ stem conv (``stem_kernel``, no bias) -> BN -> act (``stem_norm=false``: conv wit
 act), then per layer the op (conv-BN-act with stride 2 for ``/2``; ``identity`` and
 ``max_pool3x3`` parameter-free, channels zero-padded to the width), ``+res`` adding the
 strided, zero-padded input (in a ``reduction="pool"`` space: op and shortcut at stride 1,
-their sum 2x2 max-pooled), then mean or max pooling (``head_pool``) and a linear head whose
+their sum 2x2 max-pooled; with ``pool_before_norm``, the convolution's output and the
+shortcut max-pooled before BN-act), then mean or max pooling (``head_pool``) and a linear head whose
 logits are scaled by ``head_scale``; act is ReLU or exact GELU (``activation``). The space's
 keys come as JSON (``--space``), as ``spaces.get("macro32", ...)`` takes them. The step: SGD with Nesterov momentum and weight decay on label-smoothed cross
 entropy, channels-last memory, float32 or bfloat16 autocast, ``--threads`` threads.
@@ -42,6 +43,10 @@ def build(torch, layers, space: dict, num_classes=10):
     act = F.gelu if space.get("activation", "relu") == "gelu" else F.relu
     head_scale = float(space.get("head_scale", 1.0))
     head_max = space.get("head_pool", "mean") == "max"
+    early = reduction == "pool" and bool(space.get("pool_before_norm", False))
+
+    def pool2(x):
+        return F.max_pool2d(x, 2, 2, ceil_mode=True)
 
     def fit(x, c):
         if x.shape[1] == c:
@@ -58,12 +63,13 @@ def build(torch, layers, space: dict, num_classes=10):
             self.conv = nn.Conv2d(cin, cout, k, stride, 0, bias=not norm)
             self.norm = nn.BatchNorm2d(cout) if norm else nn.Identity()
 
-        def forward(self, x):
+        def forward(self, x, pool=False):
             size = x.shape[-1]
             out = -(-size // self.stride)
             total = max((out - 1) * self.stride + self.k - size, 0)
             x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
-            return act(self.norm(self.conv(x)))
+            x = self.conv(x)
+            return act(self.norm(pool2(x) if pool else x))
 
     class Net(nn.Module):
         def __init__(self):
@@ -80,22 +86,23 @@ def build(torch, layers, space: dict, num_classes=10):
                     self.ops.append(nn.Identity())
                 else:
                     raise SystemExit(f"torch_train: op {op!r} not written here")
-                self.spec.append((op, width, res, s, down and reduction == "pool"))
+                self.spec.append((op, width, res, s, down and reduction == "pool", down and early))
                 c = width
             self.head = nn.Linear(c, num_classes)
 
         def forward(self, x):
             x = self.stem(x)
-            for module, (op, width, res, s, pool) in zip(self.ops, self.spec):
+            for module, (op, width, res, s, pool, early) in zip(self.ops, self.spec):
                 if op == "identity":
-                    y = fit(x[:, :, ::s, ::s], width)
+                    y = x[:, :, ::s, ::s]
                 elif op == "max_pool3x3":
-                    y = fit(F.max_pool2d(x, 3, s, 1), width)
+                    y = F.max_pool2d(x, 3, s, 1)
                 else:
-                    y = module(x)
+                    y = module(x, pool=early)
+                y = fit(pool2(y) if early and op in ("identity", "max_pool3x3") else y, width)
                 if res:
-                    y = y + fit(x[:, :, ::s, ::s], width)
-                x = F.max_pool2d(y, 2, 2, ceil_mode=True) if pool else y
+                    y = y + fit(pool2(x) if early else x[:, :, ::s, ::s], width)
+                x = pool2(y) if pool and not early else y
             pooled = x.amax((2, 3)) if head_max else x.mean((2, 3))
             return self.head(pooled) * head_scale
     return Net()

@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.space.activation = "relu"       # of every convolution: "relu" or "gelu"
     c.space.head_pool = "mean"        # global pooling before the classifier: "mean" or "max"
     c.space.head_scale = 1.0          # the logits are multiplied by it (airbench: 1/9)
+    c.space.pool_before_norm = False  # "pool" spaces: conv -> 2x2 max-pool -> BN -> act (airbench's order)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "digits"          # data.load spec of the meta-training source

@@ -14,6 +14,10 @@ CASES = {
     "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
                                 stem_norm=False, activation="gelu", head_pool="max",
                                 head_scale=1 / 9), {}),
+    # airbench's order: conv -> 2x2 max-pool -> BN -> act in downsampling layers
+    "macro32_pool_first": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
+                                      pool_before_norm=True, ops=("conv3x3", "sep_conv3x3",
+                                                                  "max_pool3x3", "identity")), {}),
     "nb201": (spaces.get("nb201"), dict(channels=4, cells_per_stage=1)),
     "darts": (spaces.get("darts", nodes=2), dict(channels=4, cells=3, stem_multiplier=2)),
 }
@@ -98,7 +102,7 @@ def test_bad_inputs():
         mnn.build(space, other.decode(other.sample(jax.random.key(0), 1)[0]), 5)
 
 
-@pytest.mark.parametrize("name", ["macro32", "macro32_pool"])
+@pytest.mark.parametrize("name", ["macro32", "macro32_pool", "macro32_pool_first"])
 def test_hard_supernet_equals_compact_and_compiles_once(name):
     """macro32's hard mode (only the chosen op runs) == compact network, one program."""
     space, kw = CASES[name]
@@ -125,3 +129,21 @@ def test_hard_supernet_equals_compact_and_compiles_once(name):
     assert all(np.all(np.isfinite(a)) for a in leaves) and any(np.any(a != 0) for a in leaves)
     with pytest.raises(ValueError, match="no hard supernet"):
         mnn.supernet(spaces.get("nb201"), 5, hard=True)
+
+
+def test_pool_before_norm_supernet_records_stats_per_resolution():
+    """A pool_before_norm supernet normalises an op's output at two resolutions (its stay
+    branch and its pooled down branch); recorded batch statistics (what query_norm uses)
+    must keep both, so replaying them reproduces the batch's own forward pass."""
+    from flax import traverse_util
+
+    from metanas_jax.nn.ops import NORM_STATS
+    space, kw = CASES["macro32_pool_first"]
+    sup = mnn.supernet(space, 5, **kw)
+    w = space.relax(space.sample(jax.random.key(0), 1)[0], 1.0)
+    variables = mnn.init(sup, jax.random.key(2), X, w)
+    y, rec = sup.apply(variables, X, w, train=True, mutable=[NORM_STATS])
+    names = {path[-1] for path in traverse_util.flatten_dict(rec[NORM_STATS])}
+    assert {"mean", "var", "mean_pooled", "var_pooled"} <= names
+    replayed = sup.apply({**variables, NORM_STATS: rec[NORM_STATS]}, X, w, train=True)
+    np.testing.assert_allclose(replayed, y, rtol=1e-5, atol=1e-5)

@@ -153,6 +153,8 @@ def test_bad_choices_and_configs():
         spaces.get("macro32", head_pool="sum")
     with pytest.raises(ValueError, match="head_scale must be a positive number, got 0"):
         spaces.get("macro32", head_scale=0)
+    with pytest.raises(ValueError, match="pool_before_norm=True needs reduction='pool', got reduction='stride'"):
+        spaces.get("macro32", pool_before_norm=True)
     with pytest.raises(ValueError, match="unknown primitive"):
         spaces.get("darts", primitives=("none", "conv9"))
     with pytest.raises(ValueError, match="bad configuration"):

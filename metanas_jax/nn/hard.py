@@ -16,8 +16,9 @@ each gene's weights) instead of mixing every op:
   shape), runs the op there at stride 1 and returns both that result and its stride-2
   sampling at rows/columns ``2 i + o`` (``o`` = 1 for an even-sized level, 0 for an odd
   one, where lax's SAME padding centres a stride-2 window), or in a ``reduction="pool"``
-  space its 2x2 max-pool, zero-padded back to the full map; the layer's ``downsample``
-  gene picks one. So a layer at a low resolution costs what it costs in the compact
+  space its 2x2 max-pool (``pool_before_norm``: of the op's output before its BN-act, and
+  of the shortcut), zero-padded back to the full map; the layer's ``downsample`` gene
+  picks one. So a layer at a low resolution costs what it costs in the compact
   network, not what it would at the input's size.
 
 Every shape is static and the architecture is data: one compiled program serves every
@@ -186,11 +187,14 @@ class HardMacroSupernet:
             return y[:, oh::2, ow::2] if centred else y[:, ::2, ::2]
 
         def out(y1, x, down, res, norm=None, centred=True):
-            """stride-1 op output ``y1`` of input ``x`` -> the layer's output (full size)."""
+            """stride-1 op output ``y1`` of input ``x`` (before its BN-act) -> the layer's
+            output (full size)."""
             def finish(y, x):
                 if norm is not None:
                     y = act(_norm(y, norm))
                 return y + jnp.where(res, x, 0.0).astype(y.dtype)
+            if pool and sp.pool_before_norm:  # (down) op output and shortcut pooled before BN-act
+                return jnp.where(down, full(finish(pool2(y1), pool2(x))), full(finish(y1, x)))
             if pool:  # the op at stride 1, then (down) a 2x2 max-pool
                 y = finish(y1, x)
                 return jnp.where(down, full(pool2(y)), full(y))

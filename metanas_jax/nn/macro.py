@@ -85,15 +85,18 @@ class MacroNet(nn.Module):
         for l in range(self.space.layers):
             op, width, res, down = self.space.layer(self.arch, l)
             stride = 2 if down and not pool else 1
+            # pool_before_norm: the op pools its convolution's output before BN-act
+            early = down and pool and self.space.pool_before_norm
             module = macro_op(op, width, f"layer{l}_{op}", self.track, self.dtype, self.conv_impl,
                               self.space.activation)
             if module is None:
-                y = fit_channels(PARAM_FREE[op](x, stride), width)
+                y = PARAM_FREE[op](x, stride)
+                y = fit_channels(pool2(y) if early else y, width)
             else:
-                y = module(x, stride, train)
+                y = module(x, stride, train, pool=early)
             if res:
-                y = y + fit_channels(subsample(x, stride), width)
-            x = pool2(y) if down and pool else y
+                y = y + fit_channels(pool2(x) if early else subsample(x, stride), width)
+            x = pool2(y) if down and pool and not early else y
         return _head(self.space, self.num_classes, _pool(self.space, x), self.dtype)
 
 
@@ -125,16 +128,24 @@ class MacroLayer(nn.Module):
         mask = jnp.sum(w["width"][:, None] * (channel[None, :] < jnp.asarray(sp.widths)[:, None]), axis=0)
         modules = [macro_op(op, cmax, op, False, self.dtype, act=sp.activation) for op in sp.ops]
 
-        def layer(inp, stride):
-            out = subsample(inp, stride) * w["residual"][1]
+        def layer(inp, stride, early=False):
+            """The layer's output at ``stride``; ``early``: the pool_before_norm down branch
+            (every op pools before its BN; the convolution is the stay branch's, which XLA
+            computes once)."""
+            out = (pool2(inp) if early else subsample(inp, stride)) * w["residual"][1]
             for k, (op, module) in enumerate(zip(sp.ops, modules)):
-                y = PARAM_FREE[op](inp, stride) if module is None else module(inp, stride)
+                if module is not None:
+                    y = module(inp, stride, pool=early)
+                else:
+                    y = PARAM_FREE[op](inp, stride)
+                    y = pool2(y) if early else y
                 out = out + w["op"][k] * y
             return out * mask.astype(out.dtype)
 
         d = w["downsample"][1]
         pool = sp.reduction == "pool"
         # "pool": a level's stride-1 output, max-pooled, is the next level's stride-2 branch
+        # (pool_before_norm: its op's output pooled before BN-act)
         kept = [layer(f, 1) for f in feats] if pool else None
         new_feats, new_mass = [], []
         for v in range(len(feats)):
@@ -143,7 +154,12 @@ class MacroLayer(nn.Module):
             acc = stay * (kept[v] if pool else layer(feats[v], 1))
             total = stay
             if v > 0:
-                down = pool2(kept[v - 1]) if pool else layer(feats[v - 1], 2)
+                if pool and sp.pool_before_norm:
+                    down = layer(feats[v - 1], 1, early=True)
+                elif pool:
+                    down = pool2(kept[v - 1])
+                else:
+                    down = layer(feats[v - 1], 2)
                 acc = acc + mass[v - 1] * d * down
                 total = total + mass[v - 1] * d
             # a level nothing reaches carries zeros (and no NaN gradient)

@@ -30,7 +30,7 @@ def batch_moments(x):
     return mean, jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
 
 
-def norm_moments(module: nn.Module, x):
+def norm_moments(module: nn.Module, x, record: str = ""):
     """The ``(mean, var)`` batch-norm layer ``module`` normalises ``x`` with: ``x``'s own
     (:func:`batch_moments`), unless the :data:`NORM_STATS` collection says otherwise.
 
@@ -41,14 +41,16 @@ def norm_moments(module: nn.Module, x):
     query's output then depends on that query alone, not on the batch it came in. A
     network whose norms sit in a lifted transform must list the collection there
     (``nn.scan(..., variable_axes={NORM_STATS: 0})``), and a layer called twice in one
-    apply reuses its first call's record.
+    apply reuses its first call's record, unless the calls name different ``record``s (a
+    supernet normalising one op's output at two resolutions).
     """
-    if module.has_variable(NORM_STATS, "mean"):
-        return module.get_variable(NORM_STATS, "mean"), module.get_variable(NORM_STATS, "var")
+    mean_key, var_key = "mean" + record, "var" + record
+    if module.has_variable(NORM_STATS, mean_key):
+        return module.get_variable(NORM_STATS, mean_key), module.get_variable(NORM_STATS, var_key)
     mean, var = batch_moments(x)
     if module.is_mutable_collection(NORM_STATS) and not module.is_initializing():
-        module.put_variable(NORM_STATS, "mean", mean)
-        module.put_variable(NORM_STATS, "var", var)
+        module.put_variable(NORM_STATS, mean_key, mean)
+        module.put_variable(NORM_STATS, var_key, var)
     return mean, var
 
 
@@ -66,7 +68,7 @@ class Norm(nn.Module):
     momentum: float = 0.9
 
     @nn.compact
-    def __call__(self, x, train: bool = True):
+    def __call__(self, x, train: bool = True, record: str = ""):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -76,7 +78,7 @@ class Norm(nn.Module):
         if self.track and not train:
             mean, var = ra_mean.value, ra_var.value
         else:
-            mean, var = norm_moments(self, x)
+            mean, var = norm_moments(self, x, record)
             if self.track and not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1 - m) * mean
@@ -106,7 +108,8 @@ class ConvBN(nn.Module):
     """``conv kxk (dilated) -> BN -> act``, or ``ReLU -> conv -> BN`` with ``pre_relu``;
     ``norm=False``: ``conv (with bias) -> act`` (a stem that whitens its input needs no
     normalisation after it, and batch norm would undo the whitening's damping of noise
-    directions)."""
+    directions). Called with ``pool=True``: ``conv -> 2x2 max-pool -> BN -> act``
+    (airbench's order: the normalisation and activation run on a quarter of the pixels)."""
 
     features: int
     kernel: int
@@ -119,13 +122,15 @@ class ConvBN(nn.Module):
     norm: bool = True
 
     @nn.compact
-    def __call__(self, x, stride=1, train=True):
+    def __call__(self, x, stride=1, train=True, pool=False):
         if self.pre_relu:
             x = nn.relu(x)
         x = conv(self.features, self.kernel, stride, self.dilation, name="conv", dtype=self.dtype,
                  impl=self.impl, bias=not self.norm)(x)
+        if pool:
+            x = pool2(x)
         if self.norm:
-            x = Norm(self.track, name="norm")(x, train)
+            x = Norm(self.track, name="norm")(x, train, "_pooled" if pool else "")
         return x if self.pre_relu else ACTIVATIONS[self.act](x)
 
 
@@ -134,7 +139,8 @@ class SepConv(nn.Module):
 
     ``repeats=2`` is DARTS' ``sep_conv`` (the block applied twice, stride on the first);
     ``dilation=2, repeats=1`` is DARTS' ``dil_conv``. ``pre_relu`` selects the
-    ReLU-conv-BN order of cell spaces instead of conv-BN-ReLU.
+    ReLU-conv-BN order of cell spaces instead of conv-BN-ReLU. ``pool=True``: the first
+    block's output is 2x2 max-pooled before its BN (as :class:`ConvBN`).
     """
 
     features: int
@@ -148,7 +154,7 @@ class SepConv(nn.Module):
     act: str = "relu"
 
     @nn.compact
-    def __call__(self, x, stride=1, train=True):
+    def __call__(self, x, stride=1, train=True, pool=False):
         for r in range(self.repeats):
             c_in = x.shape[-1]
             c_out = self.features if r == self.repeats - 1 else c_in
@@ -157,7 +163,10 @@ class SepConv(nn.Module):
             x = conv(c_in, self.kernel, stride if r == 0 else 1, self.dilation, groups=c_in,
                      name=f"depthwise{r}", dtype=self.dtype, impl=self.impl)(x)
             x = conv(c_out, 1, name=f"pointwise{r}", dtype=self.dtype, impl=self.impl)(x)
-            x = Norm(self.track, name=f"norm{r}")(x, train)
+            pooled = pool and r == 0
+            if pooled:
+                x = pool2(x)
+            x = Norm(self.track, name=f"norm{r}")(x, train, "_pooled" if pooled else "")
             if not self.pre_relu:
                 x = ACTIVATIONS[self.act](x)
         return x

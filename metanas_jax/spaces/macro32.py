@@ -22,7 +22,10 @@ owns ``z[4 l : 4 l + 4]``, one gene each (layer-major), in this order:
    ``"pool"``: the layer (op plus shortcut) runs at its input's resolution and its output
    is 2x2 max-pooled, airbench's and VGG's convolution-then-pool (4x the convolution's
    FLOPs of a strided layer, and more accurate). Any number of layers may downsample;
-   past 1x1 a downsampling layer keeps 1x1.
+   past 1x1 a downsampling layer keeps 1x1. ``pool_before_norm=True`` (a ``"pool"``
+   space only) moves the pool inside the op, airbench's order: convolution, 2x2 max-pool,
+   then batch norm and activation on the pooled map (a quarter of the pixels); the
+   shortcut and the parameter-free ops are max-pooled the same way.
 
 Why these genes: they are the choices that set a plain CNN's accuracy and cost (op type
 and receptive field, capacity, trainability, resolution schedule), each is independent of
@@ -81,6 +84,7 @@ class Macro32(CategoricalSpace):
     activation: str = "relu"        # of every conv op and the stem: "relu" or "gelu"
     head_pool: str = "mean"         # global pooling before the classifier: "mean" or "max"
     head_scale: float = 1.0         # the logits are multiplied by it (airbench: 1/9)
+    pool_before_norm: bool = False  # "pool" spaces: conv -> pool -> BN -> act (airbench)
     name: str = dataclasses.field(default="macro32", init=False)
     encoding_center = 0.5  # genes live in [0, 1]: 0.5 prefers no choice (not a field)
 
@@ -106,7 +110,11 @@ class Macro32(CategoricalSpace):
             raise ValueError(f"macro32: head_pool must be one of {list(HEAD_POOLS)}, got {self.head_pool!r}")
         if not (isinstance(self.head_scale, (int, float)) and 0 < self.head_scale < float("inf")):
             raise ValueError(f"macro32: head_scale must be a positive number, got {self.head_scale!r}")
+        if self.pool_before_norm and self.reduction != "pool":
+            raise ValueError(f"macro32: pool_before_norm=True needs reduction='pool', got "
+                             f"reduction={self.reduction!r}")
         object.__setattr__(self, "stem_norm", bool(self.stem_norm))
+        object.__setattr__(self, "pool_before_norm", bool(self.pool_before_norm))
         object.__setattr__(self, "head_scale", float(self.head_scale))
 
     def config(self):
