@@ -115,6 +115,7 @@ def get_config(arg=None):
     c.train.tta = "none"              # test-time augmentation: "none", "flip", "flip_shift"
     c.train.whiten_stem = False       # frozen patch-whitening stem (needs space.stem_kernel = 2)
     c.train.dirac_init = False        # convolutions start as identities (airbench's implicit residual)
+    c.train.kernel_init_scale = 1.0   # initial kernels times this (1/sqrt(3) = PyTorch's default scale)
     c.train.conv_impl = "auto"        # "auto" (matmul on CPU, xla elsewhere), "xla", "matmul",
                                       # "matmul_bf16" (bf16 matmul operands, float32 elsewhere)
     c.train.freeze_norm_scale = False # batch-norm scales stay one (airbench)

@@ -81,6 +81,7 @@ class FinalTrainConfig:
     tta: str = "none"                # test-time augmentation: "none", "flip", "flip_shift"
     whiten_stem: bool = False        # stem conv = frozen patch whitening of the training images
     dirac_init: bool = False         # each conv's first min(in, out) filters start as identities
+    kernel_init_scale: float = 1.0   # every kernel's initial values times this (1/sqrt(3): PyTorch's default init)
     conv_impl: str = "auto"          # convolutions (nn.fastconv): "auto" = "matmul" on CPU, "xla" elsewhere
     # per-group steps (airbench): a group's lr x scale, its decay per step unchanged
     freeze_norm_scale: bool = False  # batch-norm scales stay one (only their biases train)
@@ -92,15 +93,16 @@ class FinalTrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "momentum", "weight_decay", "label_smoothing", "ema",
-                     "norm_bias_lr_scale", "head_lr_scale"):
+                     "norm_bias_lr_scale", "head_lr_scale", "kernel_init_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"train.{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train: need lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1; "
                              f"got {self.lr}, {self.weight_decay}, {self.label_smoothing}")
-        if self.norm_bias_lr_scale <= 0 or self.head_lr_scale <= 0:
-            raise ValueError(f"train.norm_bias_lr_scale and train.head_lr_scale must be > 0, got "
-                             f"{self.norm_bias_lr_scale}, {self.head_lr_scale}")
+        if self.norm_bias_lr_scale <= 0 or self.head_lr_scale <= 0 or self.kernel_init_scale <= 0:
+            raise ValueError(f"train.norm_bias_lr_scale, train.head_lr_scale and "
+                             f"train.kernel_init_scale must be > 0, got {self.norm_bias_lr_scale}, "
+                             f"{self.head_lr_scale}, {self.kernel_init_scale}")
         if not 0 <= self.momentum < 1 or not 0 <= self.ema < 1:
             raise ValueError(f"train.momentum and train.ema must be in [0, 1), got "
                              f"{self.momentum}, {self.ema}")
@@ -261,6 +263,16 @@ def whitening_kernel(images, norm: Callable, kernel: int, width: int, eps: float
     w = eigvec[:, top] / np.sqrt(eigval[top] + eps)
     w = np.concatenate([w, -w], axis=1)
     return w.reshape(kernel, kernel, c, width).astype(np.float32)
+
+
+def scaled_kernels(params, scale: float):
+    """``params`` with every kernel (convolutions and the classifier) times ``scale``.
+    Why: flax initialises kernels with std ``1/sqrt(fan_in)``, PyTorch with ``1/sqrt(3
+    fan_in)``; before batch norm a kernel's scale sets its effective step size (lr over
+    the squared norm), so rates tuned in PyTorch (airbench's) need PyTorch's scale."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({p: w * scale if p[-1] == "kernel" else w
+                                         for p, w in flat.items()})
 
 
 def dirac_kernels(params):
@@ -476,6 +488,8 @@ def train(space, arch, target, cfg: FinalTrainConfig, key, *, norm=data_mod.norm
     if start is None:
         epoch0, history = 0, []
         state = create_state(net, k_init, ds.image_shape, tx, cfg)
+        if cfg.kernel_init_scale != 1:
+            state = _with_params(state, scaled_kernels(state.params, cfg.kernel_init_scale))
         if cfg.dirac_init:
             state = _with_params(state, dirac_kernels(state.params))
         if cfg.whiten_stem:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from metanas_jax import data, spaces
 from metanas_jax import nn as mnn
@@ -112,7 +113,8 @@ def test_load_model_bad_dir(tmp_path):
     (dict(weight_decay=float("inf")), "train.weight_decay"), (dict(momentum=-0.1), "train.momentum"),
     (dict(tta="flip", flip=False), "train.flip"), (dict(epochs=0), "train.epochs"),
     (dict(norm_bias_lr_scale=0.0), "train.norm_bias_lr_scale"),
-    (dict(head_lr_scale=float("nan")), "train.head_lr_scale")])
+    (dict(head_lr_scale=float("nan")), "train.head_lr_scale"),
+    (dict(kernel_init_scale=-1.0), "train.kernel_init_scale")])
 def test_bad_train_config(bad, match):
     with pytest.raises(ValueError, match=match):
         T.FinalTrainConfig(**bad)
@@ -228,6 +230,16 @@ def test_dirac_kernels_start_as_identities():
                                          w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         np.testing.assert_allclose(y[..., :n], x[..., :n], atol=1e-6)
         np.testing.assert_array_equal(w[..., n:], params[name]["conv"]["kernel"][..., n:])
+
+
+def test_scaled_kernels_scale_kernels_only():
+    space = spaces.get("macro32", layers=2, ops=("conv3x3",), widths=(4, 6), stem_width=4)
+    net = mnn.build(space, space.from_string("conv3x3-6 | conv3x3-4"), 3)
+    params = mnn.init(net, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    new = T.scaled_kernels(params, 0.5)
+    for path, w in traverse_util.flatten_dict(params).items():
+        got = traverse_util.flatten_dict(new)[path]
+        np.testing.assert_array_equal(got, 0.5 * w if path[-1] == "kernel" else w)
 
 
 def test_flip_mask_alternates():
