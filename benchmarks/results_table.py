@@ -83,7 +83,8 @@ def _load_range(runs) -> str:
 def _layout(r: dict) -> str:
     """The benchmarked space's layout options (a result from before an option: its default)."""
     sp = r.get("space", {})
-    parts = ["convolution then 2x2 max-pool" if sp.get("reduction") == "pool" else "stride-2 convolutions"]
+    parts = ["2x2 max-pool downsampling" + (", pooled before batch norm" if sp.get("pool_before_norm") else "")
+             if sp.get("reduction") == "pool" else "stride-2 convolutions"]
     if not sp.get("stem_norm", True):
         parts.append("stem without batch norm")
     parts.append({"relu": "ReLU", "gelu": "GELU"}.get(sp.get("activation", "relu"), sp.get("activation")))
@@ -127,41 +128,41 @@ def proxy_fidelity() -> list[str]:
     return lines
 
 
-def _training_summary(r: dict) -> tuple[str, str]:
-    """(test accuracy with its spread and time, per-epoch curve) of a ``bench_train.py`` file."""
-    s, runs = r["train_summary"], r["train"]
-    curve = " / ".join(f"{sum(x['curve'][e]['test_acc'] for x in runs) / len(runs) * 100:.1f}"
-                       for e in range(len(runs[0]["curve"])))
-    std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
-    return (f"**{s['test_acc_mean'] * 100:.2f}{std}%** after {s['train_seconds_mean'] / 60:.0f} min of "
-            f"training on {r['machine']['cores']} cores (1-minute load average {_load_range(runs)} while "
-            f"training, other jobs included)"), curve
+def _order(r: dict) -> str:
+    """A downsampling layer's order of operations in a result's space."""
+    sp = r.get("space", {})
+    if sp.get("reduction") != "pool":
+        return "stride-2 conv-BN-act"
+    return "conv-pool-BN-act" if sp.get("pool_before_norm") else "conv-BN-act-pool"
 
 
 def final_training() -> list[str]:
     """Lines for ``bench_train.py``'s results: time-to-accuracy and step speed."""
     lines = []
-    path = RESULTS / "bench_train_cifar10.json"
-    if path.is_file():
+    rows = []
+    for path in sorted(RESULTS.glob("bench_train_cifar10*.json")):
         r = json.loads(path.read_text())
         s, runs = r["train_summary"], r["train"]
         cfg = runs[0]["recipe"]
-        acc, curve = _training_summary(r)
-        lines += ["", f"Final training on CIFAR-10 (`{path.relative_to(ROOT)}`): the named `{r['arch_name']}` "
-                  f"network of the CIFAR space ({_layout(r)}), {cfg['epochs']} epochs ({cfg['schedule']} schedule, peak lr "
-                  f"{cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, whitened stem {cfg['whiten_stem']}, "
-                  f"identity-initialised convolutions {cfg.get('dirac_init', False)}, "
-                  f"test-time augmentation {cfg['tta']}; conv_impl {cfg['conv_impl']}, bf16 {cfg['bf16']}) on the 50,000 train "
-                  f"images, {s['n']} seed{'s' * (s['n'] != 1)}: test accuracy {acc} "
-                  f"(mean test accuracy after each epoch: {curve}%); 93% reached by {s['reached_93']} of "
-                  f"{s['n']} seed{'s' * (s['n'] != 1)}, 94% by {s['reached_94']}."]
-        other = RESULTS / "bench_train_cifar10_matmul_bf16.json"
-        if other.is_file():
-            o = json.loads(other.read_text())
-            acc, curve = _training_summary(o)
-            lines += ["", f"The same training with bf16 matmul operands (`conv_impl matmul_bf16`, "
-                      f"`{other.relative_to(ROOT)}`, {o['train_summary']['n']} seed"
-                      f"{'s' * (o['train_summary']['n'] != 1)}): test accuracy {acc} (after each epoch: {curve}%)."]
+        std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
+        impl = "auto (im2col, float32)" if cfg["conv_impl"] == "auto" else cfg["conv_impl"]
+        rows.append((r, f"| `{path.name}` | {_order(r)} | {impl} | "
+                        f"{cfg.get('kernel_init_scale', 1.0):.3g} | {cfg['epochs']} | {s['n']} | "
+                        f"**{s['test_acc_mean'] * 100:.2f}{std}%** | "
+                        f"{s['train_seconds_mean'] / 60:.0f} | {_load_range(runs)} |"))
+    if rows:
+        r0 = rows[0][0]
+        cfg = r0["train"][0]["recipe"]
+        lines += ["", f"Final training on CIFAR-10 (the 50,000 train images, test split after the last epoch): "
+                  f"the named `{r0['arch_name']}` network of the CIFAR space ({_layout(r0)}), the `fast` recipe "
+                  f"({cfg['schedule']} schedule, peak lr {cfg['lr']}, batch {cfg['batch_size']}, EMA {cfg['ema']}, "
+                  f"whitened stem, identity-initialised convolutions, test-time augmentation {cfg['tta']}), "
+                  f"on {r0['machine']['cores']} cores; one row per result file (its per-epoch curve, "
+                  f"command and machine are in the file). Minutes: of training, evaluation excluded; "
+                  f"load: 1-minute load average while training, other jobs included.", "",
+                  "| result file | layer order | conv_impl | kernel_init_scale | epochs | seeds | test accuracy "
+                  "| minutes | load |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [row for _, row in rows]
     path = RESULTS / "bench_train_speed.json"
     if path.is_file():
         r = json.loads(path.read_text())

@@ -10,11 +10,11 @@ from metanas_jax import spaces
 CASES = {
     "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
     # conv then 2x2 max-pool; 12x12 inputs reach odd levels (3x3 -> 2x2); and the rest of
-    # the airbench shape (spaces.CIFAR_SPACE): stem without norm, GELU, scaled max-pool head
+    # the airbench shape: stem without norm, GELU, scaled max-pool head
     "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
                                 stem_norm=False, activation="gelu", head_pool="max",
                                 head_scale=1 / 9), {}),
-    # airbench's order: conv -> 2x2 max-pool -> BN -> act in downsampling layers
+    # airbench's order (spaces.CIFAR_SPACE): conv -> 2x2 max-pool -> BN -> act when downsampling
     "macro32_pool_first": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
                                       pool_before_norm=True, ops=("conv3x3", "sep_conv3x3",
                                                                   "max_pool3x3", "identity")), {}),
