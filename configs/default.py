@@ -105,6 +105,7 @@ def get_config(arg=None):
     c.train.label_smoothing = 0.1
     c.train.warmup_epochs = 1
     c.train.crop_pad = 1
+    c.train.crop_mode = "zeros"       # the crop's padding: "zeros" (black) or "reflect" (airbench)
     c.train.flip = False              # digits are not mirror-symmetric
     c.train.bf16 = "auto"             # "auto": bf16 compute on GPU/TPU, float32 on CPU; or "on"/"off"
     c.train.eval_batch_size = 500

@@ -34,6 +34,7 @@ from flax import traverse_util
 
 from metanas_jax import data as data_mod
 from metanas_jax import nn as mnn
+from metanas_jax.data.augment import CROP_MODES
 from metanas_jax.nn import fastconv
 from metanas_jax.nn.fastconv import patches
 
@@ -72,6 +73,7 @@ class FinalTrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: int = 1
     crop_pad: int = 4
+    crop_mode: str = "zeros"         # the crop's padding: "zeros" (black) or "reflect" (airbench)
     flip: bool = True
     bf16: str = "auto"
     eval_batch_size: int = 1000
@@ -110,6 +112,7 @@ class FinalTrainConfig:
             raise ValueError(f"train.warmup_epochs and train.crop_pad must be >= 0, got "
                              f"{self.warmup_epochs}, {self.crop_pad}")
         for name, allowed in (("bf16", ("auto", "on", "off")), ("schedule", SCHEDULES),
+                              ("crop_mode", CROP_MODES),
                               ("tta", TTA), ("conv_impl", CONV_IMPLS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -328,7 +331,7 @@ def make_train_step(net, tx, cfg: FinalTrainConfig, num_classes: int, norm: Call
             key = jax.random.wrap_key_data(key)
         x, y, flips = batch
         if cfg.crop_pad:
-            x = data_mod.random_crop(key, x, pad=cfg.crop_pad)
+            x = data_mod.random_crop(key, x, pad=cfg.crop_pad, mode=cfg.crop_mode)
         if cfg.flip:
             x = jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
         x = norm(x)

@@ -304,6 +304,17 @@ def test_random_crop_and_flip():
     np.testing.assert_array_equal(data.augment(key, x, pad=0, flip=False), x)
     with pytest.raises(ValueError, match="pad must be >= 0"):
         data.random_crop(key, x, pad=-1)
+    # reflect padding (airbench's translation): the same offsets, mirrored borders
+    r = data.random_crop(key, x, pad=2, mode="reflect")
+    mirrored = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    for n in range(16):
+        dy, dx = next((dy, dx) for dy in range(5) for dx in range(5)
+                      if np.array_equal(padded[n, dy:dy + 6, dx:dx + 6], np.asarray(c[n])))
+        np.testing.assert_array_equal(np.asarray(r[n]), mirrored[n, dy:dy + 6, dx:dx + 6])
+    with pytest.raises(ValueError, match="mode must be one of .* got 'wrap'"):
+        data.random_crop(key, x, pad=2, mode="wrap")
+    with pytest.raises(ValueError, match="reflect padding needs pad < image size, got pad=6"):
+        data.random_crop(key, x, pad=6, mode="reflect")
 
 
 def test_task_batch_is_a_pytree():

@@ -114,7 +114,7 @@ def test_load_model_bad_dir(tmp_path):
     (dict(tta="flip", flip=False), "train.flip"), (dict(epochs=0), "train.epochs"),
     (dict(norm_bias_lr_scale=0.0), "train.norm_bias_lr_scale"),
     (dict(head_lr_scale=float("nan")), "train.head_lr_scale"),
-    (dict(kernel_init_scale=-1.0), "train.kernel_init_scale")])
+    (dict(kernel_init_scale=-1.0), "train.kernel_init_scale"), (dict(crop_mode="wrap"), "train.crop_mode")])
 def test_bad_train_config(bad, match):
     with pytest.raises(ValueError, match=match):
         T.FinalTrainConfig(**bad)

@@ -92,19 +92,30 @@ def _flatten_batch(x):
     return x.reshape((n,) + tuple(x.shape[-3:])), lead
 
 
-def random_crop(key: jax.Array, x, pad: int = 4) -> jax.Array:
-    """Zero-pad every image by ``pad`` pixels on each side and crop back to ``H x W`` at
-    an independent uniformly random offset per image.  Keeps dtype and shape."""
+CROP_MODES = ("zeros", "reflect")
+
+
+def random_crop(key: jax.Array, x, pad: int = 4, mode: str = "zeros") -> jax.Array:
+    """Pad every image by ``pad`` pixels on each side (``mode``: ``"zeros"``, or
+    ``"reflect"``: mirrored without repeating the edge, as airbench translates) and crop
+    back to ``H x W`` at an independent uniformly random offset per image.  Keeps dtype
+    and shape."""
     x = jnp.asarray(x)
     _check_image_rank(x, "random_crop")
     pad = int(pad)
     if pad < 0:
         raise ValueError(f"random_crop: pad must be >= 0, got {pad}")
+    if mode not in CROP_MODES:
+        raise ValueError(f"random_crop: mode must be one of {list(CROP_MODES)}, got {mode!r}")
     if pad == 0:
         return x
     flat, lead = _flatten_batch(x)
     n, h, w, c = flat.shape
-    padded = jnp.pad(flat, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    if mode == "reflect" and pad >= min(h, w):
+        raise ValueError(f"random_crop: reflect padding needs pad < image size, got pad={pad} "
+                         f"for {h}x{w} images")
+    padded = jnp.pad(flat, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                     mode="reflect" if mode == "reflect" else "constant")
     ky, kx = jax.random.split(key)
     oy = jax.random.randint(ky, (n,), 0, 2 * pad + 1)
     ox = jax.random.randint(kx, (n,), 0, 2 * pad + 1)
