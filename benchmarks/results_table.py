@@ -147,7 +147,8 @@ def final_training() -> list[str]:
         std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
         impl = "auto (im2col, float32)" if cfg["conv_impl"] == "auto" else cfg["conv_impl"]
         rows.append((r, f"| `{path.name}` | {_order(r)} | {impl} | "
-                        f"{cfg.get('kernel_init_scale', 1.0):.3g} | {cfg['epochs']} | {s['n']} | "
+                        f"{cfg.get('kernel_init_scale', 1.0):.3g} | {cfg.get('crop_mode', 'zeros')} | "
+                        f"{cfg['epochs']} | {s['n']} | "
                         f"**{s['test_acc_mean'] * 100:.2f}{std}%** | "
                         f"{s['train_seconds_mean'] / 60:.0f} | {_load_range(runs)} |"))
     if rows:
@@ -160,10 +161,11 @@ def final_training() -> list[str]:
                   f"on {r0['machine']['cores']} cores; one row per result file (its per-epoch curve, "
                   f"command and machine are in the file). Minutes: of training, evaluation excluded; "
                   f"load: 1-minute load average while training, other jobs included.", "",
-                  "| result file | layer order | conv_impl | kernel_init_scale | epochs | seeds | test accuracy "
-                  "| minutes | load |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| result file | layer order | conv_impl | kernel_init_scale | crop padding | epochs | seeds "
+                  "| test accuracy | minutes | load |", "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [row for _, row in rows]
-    path = RESULTS / "bench_train_speed.json"
+    # the step of the current spaces.CIFAR_SPACE (pool before batch norm); earlier files: LOG
+    path = RESULTS / "bench_train_speed_conv_pool_bn.json"
     if path.is_file():
         r = json.loads(path.read_text())
         rows = {x["name"]: x for x in r["rows"]}
