@@ -19,9 +19,14 @@ Sections (each row printed as it is measured, all written to ``--out``):
   ``../shared/data`` (or ``--data``), ``--seeds`` seeds: test accuracy after every epoch
   (test-time augmentation as the recipe says), training seconds (evaluation excluded) and
   the time to reach 93% / 94% test accuracy.
+* ``airbench`` (``--airbench-seeds`` > 0): airbench94's own recipe and network, unchanged
+  but for the device, in PyTorch (``benchmarks/torch_airbench.py`` run by
+  ``--torch-python``, ``--airbench-dtype``) on the same CIFAR-10 images: what the
+  reference reaches on this data, the yardstick for the ``train`` figures.
 
     python benchmarks/bench_train.py --epochs 0                     # speed only
     python benchmarks/bench_train.py --skip step,torch --epochs 10 --seeds 3
+    python benchmarks/bench_train.py --skip peak,step,torch --airbench-seeds 3
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,10 +161,7 @@ def time_to(history, threshold):
 
 
 def bench_train(space, arch, args, seed, tr, te):
-    cfg = T.FinalTrainConfig.recipe(args.recipe, epochs=args.epochs, batch_size=args.batch,
-                                    conv_impl=args.train_impl,
-                                    bf16="on" if args.train_dtype == "bf16" else "off",
-                                    eval_batch_size=1000, **json.loads(args.set))
+    cfg = train_config(args)
     norm = T.make_norm(CIFAR_MEAN, CIFAR_STD)
     # the whole train split trains; the test split is what is reported after each epoch
     target = data.TargetTask(tr, data.subsample(te, 1000, seed), te)
@@ -180,6 +183,67 @@ def bench_train(space, arch, args, seed, tr, te):
             "train_seconds": curve[-1]["train_seconds"], "curve": curve,
             "time_to_93": time_to(curve, 0.93), "time_to_94": time_to(curve, 0.94),
             "recipe": dataclasses.asdict(cfg)}
+
+
+def bench_airbench(args, tr, te, row):
+    """``torch_airbench.py`` on ``tr`` / ``te`` (written to a temporary ``.npz``), its
+    per-epoch lines echoed; returns the per-seed results (empty with a note if skipped)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cifar10.npz"
+        np.savez(path, images_train=tr.images, labels_train=tr.labels,
+                 images_test=te.images, labels_test=te.labels)
+        cmd = [args.torch_python, str(Path(__file__).with_name("torch_airbench.py")), "--data", str(path),
+               "--seeds", str(args.airbench_seeds), "--dtype", args.airbench_dtype,
+               "--threads", str(args.threads)]
+        results = []
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    print(line, end="", flush=True)
+                    continue
+                if "result" in msg:
+                    r = msg["result"]  # time_to_*: the final (TTA) accuracy, at the end of training
+                    results.append({**r, "load": load(), **{f"time_to_{t}": r["train_seconds"]
+                                    if r["test_acc"] >= t / 100 else None for t in (93, 94)}})
+                    row({"name": f"airbench/{args.airbench_dtype}/seed{msg['result']['seed']}",
+                         "test_acc": msg["result"]["test_acc"], "train_s": msg["result"]["train_seconds"]})
+                else:
+                    print(f"  airbench seed {msg['seed']} epoch {msg['epoch']}: test {msg['test_acc']:.4f} "
+                          f"(no TTA)  train {msg['train_seconds']:.0f} s  (load {load()})", flush=True)
+        if proc.returncode:
+            row({"name": "airbench", "note": f"skipped: {cmd[0]} exited with {proc.returncode}"})
+    return results
+
+
+def resumable_seeds(args) -> list:
+    """The trainings in ``--out`` that this run would repeat: seeds 0, 1, ... in order,
+    kept only if the file's space, network and every recipe setting equal this run's (an
+    interrupted or shorter run extended to more seeds without redoing the first ones)."""
+    path = Path(args.out)
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    space = make_space(args)
+    arch = space.reference(args.arch) if args.arch in spaces.REFERENCE_ARCHS else space.from_string(args.arch)
+    cfg = dataclasses.asdict(train_config(args))
+    if old.get("space") != json.loads(args.space) or old.get("arch") != str(arch):
+        raise SystemExit(f"--resume: {path} holds another space or network; use another --out")
+    kept = []
+    for i, run in enumerate(old.get("train", [])):
+        if run["seed"] != i or run["recipe"] != cfg:
+            raise SystemExit(f"--resume: {path}'s training {i} (seed {run['seed']}) used another recipe "
+                             f"or seed order; use another --out")
+        kept.append(run)
+    return kept
+
+
+def train_config(args) -> T.FinalTrainConfig:
+    return T.FinalTrainConfig.recipe(args.recipe, epochs=args.epochs, batch_size=args.batch,
+                                     conv_impl=args.train_impl,
+                                     bf16="on" if args.train_dtype == "bf16" else "off",
+                                     eval_batch_size=1000, **json.loads(args.set))
 
 
 def summary(runs):
@@ -210,7 +274,12 @@ def main(argv=None):
     ap.add_argument("--train-impl", default="auto", choices=T.CONV_IMPLS)
     ap.add_argument("--train-dtype", default="f32", choices=("f32", "bf16"))
     ap.add_argument("--set", default="{}", help="JSON overrides of the recipe for --epochs runs")
+    ap.add_argument("--airbench-seeds", type=int, default=0,
+                    help="seeds of airbench94's own recipe in PyTorch on the same data (0: none)")
+    ap.add_argument("--airbench-dtype", default="bf16", choices=("f32", "bf16"))
     ap.add_argument("--data", default=str(CIFAR10))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the --epochs trainings already in --out (same space, network and recipe), run the rest")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train.json"))
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -223,6 +292,8 @@ def main(argv=None):
                        "backend": jax.default_backend()},
            "load_at_start": load(), "rows": [], "train": []}
 
+    done = resumable_seeds(args) if args.resume else []
+
     def save():
         out["load_at_end"] = load()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -232,8 +303,9 @@ def main(argv=None):
 
     def row(r):
         out["rows"].append(r)
-        keys = ("images_per_s", "pct_peak", "gflops", "compile_s", "ratio")
-        print(f"{r['name']:<22}" + "  ".join(f"{k} {r[k]:.1f}" for k in keys if isinstance(r.get(k), float))
+        keys = ("images_per_s", "pct_peak", "gflops", "compile_s", "ratio", "test_acc", "train_s")
+        print(f"{r['name']:<22}" + "  ".join(f"{k} {r[k]:.4f}" if k == "test_acc" else f"{k} {r[k]:.1f}"
+                                             for k in keys if isinstance(r.get(k), float))
               + (f"  {r['note']}" if r.get("note") else "") + f"  (load {load()})", flush=True)
         save()
 
@@ -261,10 +333,23 @@ def main(argv=None):
                 r["ratio"] = jax_best / r["images_per_s"]
                 r["note"] = (r.get("note", "") + "; ratio = best JAX images/s / PyTorch images/s").lstrip("; ")
             row(r)
-    if args.epochs > 0:
+    if args.epochs > 0 or args.airbench_seeds > 0:
         tr, te = load_cifar(args)
+    if args.airbench_seeds > 0:
+        out["airbench"] = bench_airbench(args, tr, te, row)
+        if out["airbench"]:
+            out["airbench_summary"] = s = summary(out["airbench"])
+            print(f"airbench94 in PyTorch ({args.airbench_dtype}), {s['n']} seeds: test "
+                  f"{s['test_acc_mean']:.4f} +- {s['test_acc_std'] or 0:.4f} in {s['train_seconds_mean']:.0f} s",
+                  flush=True)
+        save()
+    if args.epochs > 0:
         for seed in range(args.seeds):
-            out["train"].append(bench_train(space, arch, args, seed, tr, te))
+            if seed < len(done):
+                out["train"].append(done[seed])
+                print(f"  seed {seed}: kept from {args.out} (test {done[seed]['test_acc']:.4f})", flush=True)
+            else:
+                out["train"].append(bench_train(space, arch, args, seed, tr, te))
             out["train_summary"] = summary(out["train"])
             save()
         s = out["train_summary"]
