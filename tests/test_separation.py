@@ -183,7 +183,7 @@ def test_transfer_config_end_to_end_tiny(shared_data, tmp_path):
     apply_overrides(cfg, ["space.layers=2", "data.num_tasks=4", "meta.archs_per_task=4",
                           "meta.tasks_per_checkpoint=2", "candidate.steps=2", "data.n_train=64", "data.target_train=64", "meta.evaluator_steps=10",
                           "meta.cv_folds=0", "meta.es_iterations=1", "meta.es_population=2",
-                          "search.budget=5", "search.methods=meta,random", "data.target_val=50",
+                          "search.budget=5", "search.methods=meta,random", "data.target_val=50", "search.finalists=1",
                           "runtime.progress=False", "runtime.tensorboard=off"])
     prep = builders.prepare(cfg)
     assert prep.target.train.num_classes == 10 and prep.target.train.image_shape == (16, 16, 3)
