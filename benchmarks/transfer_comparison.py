@@ -109,7 +109,9 @@ def main(argv=None):
     runs, prep = {}, None
     for seed in seeds:
         cfg = load_config(args.config)
-        apply_overrides(cfg, [*args.set, f"seed={seed}"])
+        # the search stage hands over its proxy winner: --finalists applies the config's
+        # search.finalists here, with the common training, to the stored searches
+        apply_overrides(cfg, ["search.finalists=1", "search.finalist_images=0", *args.set, f"seed={seed}"])
         cfg.runtime.progress = False
         wd = root / f"seed{seed}"
         t0 = time.perf_counter()
