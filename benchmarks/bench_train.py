@@ -207,8 +207,8 @@ def bench_airbench(args, tr, te, row):
                     r = msg["result"]  # time_to_*: the final (TTA) accuracy, at the end of training
                     results.append({**r, "load": load(), **{f"time_to_{t}": r["train_seconds"]
                                     if r["test_acc"] >= t / 100 else None for t in (93, 94)}})
-                    row({"name": f"airbench/{args.airbench_dtype}/seed{msg['result']['seed']}",
-                         "test_acc": msg["result"]["test_acc"], "train_s": msg["result"]["train_seconds"]})
+                    row({"name": f"airbench/{args.airbench_dtype}/seed{r['seed']}",
+                         "test_acc": r["test_acc"], "train_s": r["train_seconds"]})
                 else:
                     print(f"  airbench seed {msg['seed']} epoch {msg['epoch']}: test {msg['test_acc']:.4f} "
                           f"(no TTA)  train {msg['train_seconds']:.0f} s  (load {load()})", flush=True)

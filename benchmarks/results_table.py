@@ -140,9 +140,9 @@ def airbench_reference() -> list[str]:
     """The final-training table's last row and its note: airbench94 itself, in PyTorch, on
     the same images (``bench_train.py --airbench-seeds``)."""
     path = RESULTS / "airbench_torch_cifar10.json"
-    if not path.is_file() or not json.loads(path.read_text()).get("airbench"):
+    r = json.loads(path.read_text()) if path.is_file() else {}
+    if not r.get("airbench"):
         return []
-    r = json.loads(path.read_text())
     s, runs = r["airbench_summary"], r["airbench"]
     std = f" +- {s['test_acc_std'] * 100:.2f}" if s["test_acc_std"] is not None else ""
     loads = [float(x["load"].split()[0]) for x in runs]
