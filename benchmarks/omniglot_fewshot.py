@@ -138,11 +138,15 @@ def sharded_step(learner, mcfg, mesh):
 
 
 def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, key,
-                ignore=("eval",), mesh=None):
+                ignore=("eval",), mesh=None, checkpoint_every_s=600.0):
     """Meta-train ``state`` on ``meta_batch`` episodes of ``pool`` per step, for
     ``t.num_steps`` steps or ``t.time_budget_s`` seconds; with a workdir the result is
     checkpointed under ``workdir/name`` and a rerun restores it instead of training, if the
     config agrees outside the ``ignore`` sections (those this stage does not depend on).
+    With a workdir the state is also saved every ``checkpoint_every_s`` seconds of training
+    (at a log window's end): a killed run, rerun with the same command, continues from there
+    with what is left of the step count and the time budget, and its steps are those of an
+    uninterrupted run (each step's episodes come from the state's key and step).
     ``t.n_query_train``, when the stage section has it, overrides ``c.data``'s query images
     per class for this stage's training episodes.
     Returns ``(state, record)``, record with compile_s, train_s, meta_steps, history."""
@@ -155,7 +159,8 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
 
     ck = StageCheckpoints(Path(workdir) / name) if workdir else None
     latest = ck.latest(lambda rec: None) if ck else None  # the record; the state below
-    if latest is not None:  # meta-trained before: restore
+    prior = {"compile_s": 0.0, "train_s": 0.0, "history": []}  # of a killed run's part
+    if latest is not None:  # meta-trained before (or part of it): restore
         rec = latest[2]
         relevant = lambda cfg: {k: v for k, v in _flat(cfg).items()
                                 if k.split(".")[0] not in ignore}
@@ -166,27 +171,43 @@ def train_stage(name, learner, mcfg, state, meta_batch, t, *, c, pool, workdir, 
             raise ValueError(f"--workdir {workdir}: its {name} was meta-trained with another "
                              f"config (outside {', '.join(ignore)}); use a new workdir")
         state = ck.latest(like=state)[1]  # into the fresh state's structure and placement
-        compile_s, train_s, history = rec["compile_s"], rec["train_s"], rec["history"]
-        print(f"{name}: restored from {workdir} (skipping training)", flush=True)
-    else:
-        step = meta.make_meta_step(learner, mcfg) if mesh is None else sharded_step(learner, mcfg, mesh)
-        t1 = time.time()
-        jax.block_until_ready(step.lower(state, sample(key)).compile())
-        compile_s = time.time() - t1
-        print(f"{name}: meta-step compiled in {compile_s:.1f}s (strategy "
-              f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
-        t2 = time.time()
-        state, history = meta.meta_train(step, state, sample, t.num_steps,
-                                         time_budget_s=t.time_budget_s, log_every=c.train.log_every,
-                                         log=lambda s: print(s, flush=True))
-        train_s = time.time() - t2
-        if mesh is not None:  # the meta-test and checkpoint work on a host copy
-            state = jax.tree.map(jnp.asarray, parallel.to_local(state))
-        print(f"{name}: trained {int(state.step)} meta-steps in {train_s:.0f}s", flush=True)
-        if ck:  # the meta-test can take as long as training on CPU: keep what it tests
-            ck.save(int(state.step), state,
-                    jsonable({"config": c.to_dict(), "compile_s": compile_s, "train_s": train_s,
-                              "history": history}))
+        if not rec.get("partial"):
+            print(f"{name}: restored from {workdir} (skipping training)", flush=True)
+            return state, {"compile_s": rec["compile_s"], "train_s": rec["train_s"],
+                           "meta_steps": int(state.step), "history": rec["history"]}
+        prior = rec
+        print(f"{name}: resuming from step {int(state.step)} ({rec['train_s']:.0f}s of "
+              f"training saved in {workdir})", flush=True)
+    step = meta.make_meta_step(learner, mcfg) if mesh is None else sharded_step(learner, mcfg, mesh)
+    t1 = time.time()
+    jax.block_until_ready(step.lower(state, sample(key)).compile())
+    compile_s = prior["compile_s"] + time.time() - t1
+    print(f"{name}: meta-step compiled in {time.time() - t1:.1f}s (strategy "
+          f"{meta.resolve_strategy(mcfg.strategy, learner.cpu_strategy)})", flush=True)
+
+    def host(s):  # the meta-test and checkpoints work on a host copy
+        return s if mesh is None else jax.tree.map(jnp.asarray, parallel.to_local(s))
+
+    def save(s, history, train_s, partial):
+        ck.save(int(s.step), host(s), jsonable({"config": c.to_dict(), "compile_s": compile_s,
+                                                "train_s": train_s, "history": history,
+                                                "partial": partial}))
+
+    def save_part(s, history, train_s):
+        if int(s.step) < t.num_steps:  # the last step is the final save's
+            save(s, history, train_s, True)
+
+    state, history = meta.meta_train(step, state, sample, t.num_steps - int(state.step),
+                                     time_budget_s=t.time_budget_s, log_every=c.train.log_every,
+                                     log=lambda s: print(s, flush=True),
+                                     checkpoint=save_part if ck else None,
+                                     checkpoint_every_s=checkpoint_every_s,
+                                     history=prior["history"], elapsed_s=prior["train_s"])
+    train_s = history[-1]["wall_s"] if history else prior["train_s"]
+    state = host(state)
+    print(f"{name}: trained {int(state.step)} meta-steps in {train_s:.0f}s", flush=True)
+    if ck:  # the meta-test can take as long as training on CPU: keep what it tests
+        save(state, history, train_s, False)
     return state, {"compile_s": compile_s, "train_s": train_s, "meta_steps": int(state.step),
                    "history": history}
 
@@ -246,6 +267,9 @@ def main(argv=None):
     ap.add_argument("--workdir", default=None,
                     help="save the meta-trained state here (Orbax, atomic) before the meta-test; "
                          "a rerun with the same workdir and config skips training")
+    ap.add_argument("--checkpoint-every-s", type=float, default=600.0,
+                    help="with --workdir: save the training state this often (seconds), so "
+                         "a killed run continues where it was (default 600)")
     ap.add_argument("--mesh", default="1",
                     help="devices the meta-batch's tasks are split over: 'auto' (all, of every "
                          "process) or a number; 1 (default): one device, unsharded")
@@ -257,6 +281,7 @@ def main(argv=None):
     c = load_config(args.config, overrides)
     command = "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + sys.argv[1:])
     print(c, flush=True)
+    load_start, started = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
     t0 = time.time()
     train_pool, val_pool, test_pool = build_pools(c.data)
@@ -273,7 +298,7 @@ def main(argv=None):
     if two_stage:  # a bad derive section fails now, not after the search
         derive(c, learner, state, sample_x)
     stage = functools.partial(train_stage, c=c, pool=train_pool, workdir=args.workdir, key=key,
-                              mesh=mesh)
+                              mesh=mesh, checkpoint_every_s=args.checkpoint_every_s)
     # the search does not depend on the second stage: a workdir's search is reused when
     # only the derive section changed
     state, search = stage("meta_state", learner, mcfg, state, d.meta_batch, c.train,
@@ -306,11 +331,17 @@ def main(argv=None):
            "train_s": train_s, "meta_steps": steps_done, "eval_s": eval_s,
            "step_s": train_s / max(steps_done, 1), "history": history,
            "search": search if two_stage else None,
-           "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count(),
+           "backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": usable_cores(),
+           "started": started, "load_start": load_start, "load_end": os.getloadavg(),
            "devices": 1 if mesh is None else int(mesh.size), "processes": jax.process_count()}
     if parallel.is_primary():
         write_result(args.out, out)
     return out
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (``taskset`` narrows them), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def write_result(path, out: dict) -> None:

@@ -11,9 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import omniglot_fewshot  # noqa: E402
 
-SPECS = ["configs/omniglot_5w1s.py", "configs/omniglot_5w1s.py:darts",
+SPECS = ["configs/omniglot_5w1s.py", "configs/omniglot_5w1s.py:conv4_lr", "configs/omniglot_5w1s.py:darts",
          "configs/omniglot_5w1s.py:darts_cpu", "configs/omniglot_5w1s.py:darts_derived",
-         "configs/omniglot_20w1s.py", "configs/omniglot_20w1s.py:darts",
+         "configs/omniglot_20w1s.py", "configs/omniglot_20w1s.py:conv4_lr",
+         "configs/omniglot_20w1s.py:darts",
          "configs/fewshot_5w5s.py", "configs/fewshot_5w5s.py:darts"]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +51,39 @@ def test_config_loads_and_overrides(spec):
 def test_unknown_argument_is_an_error():
     with pytest.raises(SystemExit):
         _parse(["--config", "x.py", "--bogus=1"])
+
+
+def test_killed_stage_resumes_where_it_was_saved(tmp_path):
+    """A stage saved part-way (``checkpoint_every_s``) and killed before its end continues
+    from the saved step on a rerun and ends where an uninterrupted run ends."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from metanas_jax import data, meta
+
+    c = omniglot_fewshot.load_config(str(ROOT / "configs/omniglot_5w1s.py"), [
+        "data.meta_batch=2", "train.num_steps=6", "train.log_every=2", "train.time_budget_s=600.0"])
+    pool = data.ClassPool(np.random.default_rng(0).normal(size=(10, 3, 8, 8, 1)).astype(np.float32))
+    learner = meta.conv4_learner(5, channels=4, blocks=2, downsample="stride")
+    mcfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.4)
+    key = jax.random.PRNGKey(0)
+
+    def run(workdir):
+        state = meta.init_state(learner, mcfg, key, pool.images[0, :5])
+        return omniglot_fewshot.train_stage("meta_state", learner, mcfg, state, 2, c.train, c=c,
+                                            pool=pool, workdir=workdir, key=key,
+                                            checkpoint_every_s=0.0)
+
+    whole, whole_rec = run(tmp_path / "whole")
+    saved = sorted(int(p.name) for p in (tmp_path / "whole" / "meta_state").iterdir()
+                   if p.name.isdigit())
+    assert saved == [4, 6]  # two kept: the part saved at step 4, the final one
+    shutil.rmtree(tmp_path / "whole" / "meta_state" / "6")  # "killed" after step 4's save
+    resumed, rec = run(tmp_path / "whole")
+    assert int(resumed.step) == 6 and [h["step"] for h in rec["history"]] == [2, 4, 6]
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    again, _ = run(tmp_path / "whole")  # finished now: restored, not trained
+    assert int(again.step) == 6
