@@ -3,7 +3,8 @@
     python benchmarks/omniglot_fewshot.py --config configs/omniglot_5w1s.py[:darts] \
         [--config.train.time_budget_s=600 --config.meta.algorithm=fomaml ...] \
         --out /tmp/result.json \
-        [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests
+        [--workdir /tmp/run]   # keeps the meta-trained state; a rerun only meta-tests,
+                               # a killed run's rerun continues from its last save
     # choose evaluation settings on the validation pool, not the test classes:
     python benchmarks/omniglot_fewshot.py --config ... --workdir /tmp/run \
         --config.eval.split=val --config.eval.inner_steps=5

@@ -278,13 +278,18 @@ def _fewshot_label(r: dict) -> str:
         net = f"DARTS cell ({model['channels']} ch., {model['nodes']} nodes)"
         if r.get("search"):
             net += ", in two stages (search, then the derived cell)"
-    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}"
+    rates = ", learned inner rates" if m.get("learn_inner_lr") else ""
+    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}{rates}"
+
+
+def _cores(n) -> str:
+    return "? cores" if n is None else f"{n} core" + ("s" if n != 1 else "")
 
 
 def fewshot_table() -> str:
     """``omniglot_fewshot.py``'s meta-test accuracies (600 episodes, 95% interval)."""
-    files = ["omniglot_5w1s_conv4", "omniglot_5w1s_darts_cpu", "omniglot_5w1s_darts_derived",
-             "omniglot_20w1s_conv4"]
+    files = ["omniglot_5w1s_conv4", "omniglot_5w1s_conv4_lr", "omniglot_5w1s_darts_cpu",
+             "omniglot_5w1s_darts_derived", "omniglot_20w1s_conv4", "omniglot_20w1s_conv4_lr"]
     rows = []
     for name in files:
         path = RESULTS / f"{name}.json"
@@ -297,11 +302,12 @@ def fewshot_table() -> str:
         minutes = sum(x["train_s"] for x in stages + [r]) / 60
         published = PUBLISHED.get((c["model"]["name"], c["data"]["n_way"], c["data"]["k_shot"]), "-")
         rows.append(f"| {_fewshot_label(r)} | {res['accuracy'] * 100:.2f}% +- {res['ci95'] * 100:.2f}% | "
-                    f"{steps} meta-steps in {minutes:.0f} min | {published} | `{path.relative_to(ROOT)}` |")
+                    f"{steps} meta-steps in {minutes:.0f} min on {_cores(r.get('cpu_count'))} | "
+                    f"{published} | `{path.relative_to(ROOT)}` |")
     if not rows:
         return ""
-    return "\n".join([f"Few-shot meta-test accuracy, {res['episodes']} test episodes, 95% interval, on "
-                      f"{r.get('cpu_count', '?')} CPU cores (each file holds its command and config):", "",
+    return "\n".join([f"Few-shot meta-test accuracy, {res['episodes']} test episodes, 95% interval, "
+                      "on the 2-core CPU (each file holds its command and config):", "",
                       "| setting | accuracy | budget | published | result file |", "|---|---|---|---|---|"]
                      + rows)
 

@@ -24,7 +24,7 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     c.meta.update(dict(inner_steps=5, eval_inner_steps=5, inner_lr=0.1))
     if model == "conv4_lr":
         # one inner step in meta-training (5 at test) with per-tensor learned rates, meta-lr
-        # 3e-3 on a cosine: 9,600 steps at about 0.67 s on one core fill the 110-minute
+        # 3e-3 on a cosine: 9,600 steps at 0.65-0.72 s on one core about fill the 110-minute
         # cap. 4-minute probes on one core (benchmarks/LOG.md, 200 test episodes): MAML's
         # setting 52.4%, learned rates 58.5%, with one inner step 76.7%, and meta-lr 3e-3 79.9%
         _base.set_lr_recipe(c, steps=9600)
