@@ -97,9 +97,8 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     if model == "conv4_lr":
         # MAML++'s per-layer inner rates (meta.MetaConfig.learn_inner_lr, started at 0.4)
         # and the meta-lr at 3e-3 on a cosine to 0 over the run's steps: 17,000 steps at
-        # 0.38-0.40 s on one core of the 2-core CPU about fill the 110-minute cap. On Omniglot
-        # 20-way, 4-minute probes of these settings (benchmarks/LOG.md) scored 79.9% against
-        # 52.4% for MAML's fixed rate
+        # 0.38-0.40 s on one core of the 2-core CPU about fill the 110-minute cap (the
+        # 20-way probes that chose these settings: omniglot_20w1s.py, benchmarks/LOG.md)
         set_lr_recipe(c, steps=17000)
         c.train.time_budget_s = 110 * 60.0
     # split: "test" (what results report) or "val" (the validation pool, for choosing

@@ -76,7 +76,7 @@ def test_killed_stage_resumes_where_it_was_saved(tmp_path):
                                             pool=pool, workdir=workdir, key=key,
                                             checkpoint_every_s=0.0)
 
-    whole, whole_rec = run(tmp_path / "whole")
+    whole, _ = run(tmp_path / "whole")
     saved = sorted(int(p.name) for p in (tmp_path / "whole" / "meta_state").iterdir()
                    if p.name.isdigit())
     assert saved == [4, 6]  # two kept: the part saved at step 4, the final one
