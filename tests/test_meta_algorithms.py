@@ -125,9 +125,9 @@ def test_maml_gradient_matches_finite_differences(searching):
 
 def test_alternating_inner_loop_is_weight_step_then_arch_step():
     """``arch_update="alternating"`` is a weight SGD step, then an architecture step at the
-    new weights: adapted weights,
-    architecture and the second-order MAML meta-gradient equal a plain Python loop's
-    (float64); with the architecture frozen only the weights move."""
+    new weights: adapted weights, architecture and the second-order MAML meta-gradient
+    equal a plain Python loop's (float64); with the architecture frozen only the weights
+    move."""
     with jax.enable_x64(True):
         learner = smooth_search_learner()
         cfg = meta.MetaConfig(algorithm="maml", inner_steps=2, inner_lr=0.3,
