@@ -48,7 +48,9 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
     # Adam 1e-3; evaluated with 3 inner steps.
     c.meta = ml_collections.ConfigDict(dict(
         algorithm="maml", inner_steps=1, eval_inner_steps=3, inner_lr=0.4, inner_opt="sgd",
-        meta_lr=1e-3, meta_opt="adam", strategy="auto"))
+        meta_lr=1e-3, meta_opt="adam", strategy="auto",
+        # where the classifier starts each task (meta.MetaConfig.head_init)
+        head_init="meta"))
     if model.startswith("darts"):
         c.model.channels = 16
         c.meta.update(dict(arch_update="alternating", arch_inner_lr=0.1, arch_meta_lr=3e-4,

@@ -294,3 +294,55 @@ def test_learned_inner_rates_train_and_are_used_at_meta_test():
         meta.MetaConfig(algorithm="reptile", learn_inner_lr=True)
     with pytest.raises(ValueError, match="learn_inner_lr"):
         meta.make_meta_step(learner, cfg.replace(learn_inner_lr=False))(state, eval_tasks)
+
+
+def test_head_init_proto_is_the_prototype_classifier_with_exact_meta_gradients():
+    """``head_init="proto"``: the inner loop starts from ``2 mu_c . f - |mu_c|^2`` (``embed`` is
+    what the head receives), the meta-gradient through the prototypes matches finite
+    differences (second-order MAML, float64), and the meta-learned head gets none; with
+    ``"zero"`` the head's start is zeros whatever the meta-weights; bad settings name the key."""
+    with jax.enable_x64(True):
+        learner = smooth_search_learner(False)
+        t = toy_tasks(jax.random.PRNGKey(0), 1, size=5, noise=2.0)  # not all classified
+        sx, qx = (jnp.asarray(a[0], jnp.float64) for a in (t.support_x, t.query_x))
+        sy, qy = t.support_y[0], t.query_y[0]
+        params, z = _to64(learner.init(jax.random.PRNGKey(1), sx))
+        f = learner.embed(params, z, sx)
+        head = params["head"]
+        np.testing.assert_allclose(learner.apply(params, z, sx), f @ head["kernel"] + head["bias"],
+                                   rtol=1e-10, atol=1e-10)
+        cfg = meta.MetaConfig(algorithm="maml", inner_steps=1, inner_lr=0.3, head_init="proto")
+        start = meta.init_head(learner, cfg, params, z, sx, sy)
+        mu = np.stack([np.asarray(f)[np.asarray(sy) == c].mean(0) for c in range(3)])
+        want = (-((np.asarray(f)[:, None] - mu[None]) ** 2).sum(-1)
+                + (np.asarray(f) ** 2).sum(-1)[:, None])
+        np.testing.assert_allclose(learner.apply(start, z, sx), want, rtol=1e-9, atol=1e-9)
+
+        def meta_loss(p):
+            p2, a2, _ = meta.adapt(learner, cfg, p, z, sx, sy)
+            return meta.loss_and_accuracy(learner, p2, a2, qx, qy, 1.0)[0]
+
+        leaves, tdef = jax.tree_util.tree_flatten(params)
+        v = jax.tree_util.tree_unflatten(tdef, [jax.random.normal(jax.random.PRNGKey(i), a.shape,
+                                                                  jnp.float64)
+                                               for i, a in enumerate(leaves)])
+        eps = 1e-5
+        shift = lambda s: jax.tree_util.tree_map(lambda a, b: a + s * b, params, v)
+        fd = float((jax.jit(meta_loss)(shift(eps)) - jax.jit(meta_loss)(shift(-eps))) / (2 * eps))
+        gp, _, _ = meta.task_meta_gradient(learner, cfg, params, z, sx, sy, qx, qy, True)
+        got = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(gp),
+                                                       jax.tree_util.tree_leaves(v))))
+        assert abs(got - fd) <= 1e-6 * max(1.0, abs(fd)), (got, fd)
+        assert abs(fd) > 1e-4, fd
+        assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree_util.tree_leaves(gp["head"]))
+        zero = cfg.replace(head_init="zero")
+        other = {**params, "head": jax.tree_util.tree_map(lambda a: a + 1.0, head)}
+        for p in (params, other):
+            np.testing.assert_array_equal(meta_loss(p), meta_loss(params))
+            assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree_util.tree_leaves(
+                meta.init_head(learner, zero, p, z, sx, sy)["head"]))
+    with pytest.raises(ValueError, match="head_init"):
+        meta.MetaConfig(head_init="prototype")
+    headless = {k: v for k, v in params.items() if k != "head"}
+    with pytest.raises(ValueError, match="'head'"):
+        meta.init_head(learner, cfg, headless, z, sx, sy)

@@ -12,6 +12,7 @@ ARCH_UPDATES = ("auto", "none", "joint", "alternating")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 QUERY_NORMS = ("batch", "support")
+HEAD_INITS = ("meta", "zero", "proto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,14 @@ class MetaConfig:
     norm_x=support_x)``). The support set is always normalised with its own statistics.
     How much the mode changes accuracy: ``benchmarks/query_norm.py``;
     ``meta.adapt_and_predict`` scores new images either way.
+    ``head_init`` is where the classifier (the Dense layer named ``head``) starts each
+    task's inner loop: ``"meta"`` (default, MAML) its meta-learned weights, although a
+    task's labels are a random permutation of its classes, so no meta-learned row can
+    belong to a class; ``"zero"`` zeros (the zeroing trick of Kao et al. 2022: every class
+    starts equal); ``"proto"`` the prototype classifier of the support set (Proto-MAML,
+    Triantafillou et al. 2020): row ``c`` is ``2 mu_c`` and bias ``-|mu_c|^2`` for the mean
+    embedding ``mu_c`` of class ``c``'s support images, so the inner loop starts from
+    a prototypical network's prediction; the meta-gradient flows through the prototypes.
     """
 
     algorithm: str = "maml"
@@ -76,6 +85,7 @@ class MetaConfig:
     strategy: str = "auto"
     scan_unroll: int | str = "auto"
     query_norm: str = "batch"
+    head_init: str = "meta"
 
     def arch_mode(self, searching: bool) -> str:
         """The inner loop's architecture update for a learner that does (not) search."""
@@ -96,6 +106,8 @@ class MetaConfig:
                 bad(name, f"must be one of {OPTIMIZERS}")
         if self.query_norm not in QUERY_NORMS:
             bad("query_norm", f"must be one of {QUERY_NORMS}")
+        if self.head_init not in HEAD_INITS:
+            bad("head_init", f"must be one of {HEAD_INITS}")
         if self.meta_lr_schedule not in SCHEDULES:
             bad("meta_lr_schedule", f"must be one of {SCHEDULES}")
         if self.meta_lr_schedule != "constant" and int(self.meta_lr_decay_steps) < 1:

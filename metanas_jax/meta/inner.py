@@ -40,6 +40,26 @@ def _select(flag, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
+def init_head(learner, cfg: MetaConfig, params, z, x, y, temperature=1.0):
+    """``params`` with the classifier set where ``cfg.head_init`` says a task's inner loop
+    starts (``"meta"``: unchanged; ``"zero"``; ``"proto"``: the prototype classifier of
+    ``(x, y)``, see :class:`MetaConfig`)."""
+    if cfg.head_init == "meta":
+        return params
+    head = params.get("head") if hasattr(params, "get") else None
+    if head is None or set(head) != {"kernel", "bias"}:
+        raise ValueError(f"MetaConfig.head_init={cfg.head_init!r} needs a network whose "
+                         f"classifier is a Dense layer named 'head' (kernel and bias)")
+    if cfg.head_init == "zero":
+        new = jax.tree_util.tree_map(jnp.zeros_like, head)
+    else:
+        f = learner.embed(params, z, x, temperature).astype(head["kernel"].dtype)
+        onehot = jax.nn.one_hot(y, head["kernel"].shape[-1], dtype=f.dtype)   # (S, N)
+        protos = (onehot.T @ f) / jnp.maximum(onehot.sum(0), 1.0)[:, None]   # (N, D)
+        new = {"kernel": 2.0 * protos.T, "bias": -jnp.sum(protos * protos, axis=-1)}
+    return {**params, "head": new}
+
+
 def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
           arch_active=True, lrs=None, first_order: bool = False):
     """``steps`` (default ``cfg.inner_steps``) task-optimiser steps on ``(x, y)``.
@@ -90,6 +110,7 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
             as_ = _select(on, new_as, as_)
         return (p, a, ws, as_), loss
 
+    params = init_head(learner, cfg, params, z, x, y, float(cfg.temperatures(steps)[0]))
     carry = (params, z, w_opt.init(params), a_opt.init(z))
     unroll = cfg.scan_unroll if cfg.scan_unroll != "auto" else (1 if learner.searches else steps)
     (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on), unroll=unroll)

@@ -89,6 +89,28 @@ class Learner:
                              f"{NORM_STATS!r} collection)")
         return out
 
+    def embed(self, params, z, x, temperature=1.0):
+        """What the network's classifier (the Dense layer named ``head``) receives for ``x``:
+        the features a prototype head (``MetaConfig.head_init="proto"``) is built from.
+        Runs the network with the head's call intercepted, so any linen network with a
+        ``head`` works without a second code path; differentiable like :meth:`apply`."""
+        seen = []
+
+        def grab(next_fun, args, kwargs, context):
+            if context.module.name == "head" and context.method_name == "__call__":
+                seen.append(args[0])
+                return jnp.zeros(args[0].shape[:-1] + (context.module.features,), args[0].dtype)
+            return next_fun(*args, **kwargs)
+
+        if not isinstance(self.module, nn.Module):
+            raise ValueError(f"Learner.embed needs a linen network, got {type(self.module).__name__}")
+        with nn.intercept_methods(grab):
+            self._apply({"params": params}, z, x, temperature)
+        if len(seen) != 1:
+            raise ValueError(f"{type(self.module).__name__}: expected one classifier layer named "
+                             f"'head', the network called {len(seen)}")
+        return seen[0]
+
     def _apply(self, variables, z, x, temperature, **kw):
         if not self.searches:
             return self.module.apply(variables, x, **kw)
