@@ -279,7 +279,8 @@ def _fewshot_label(r: dict) -> str:
         if r.get("search"):
             net += ", in two stages (search, then the derived cell)"
     rates = ", learned inner rates" if m.get("learn_inner_lr") else ""
-    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}{rates}"
+    head = {"proto": ", prototype head", "zero": ", zero head"}.get(m.get("head_init", "meta"), "")
+    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}{rates}{head}"
 
 
 def _cores(n) -> str:
@@ -290,7 +291,8 @@ def fewshot_table() -> str:
     """``omniglot_fewshot.py``'s meta-test accuracies (600 episodes, 95% interval)."""
     files = ["omniglot_5w1s_conv4", "omniglot_5w1s_conv4_lr", "omniglot_5w1s_darts_cpu",
              "omniglot_5w1s_darts_derived", "omniglot_20w1s_conv4",
-             "omniglot_20w1s_conv4_lr_2cores"]  # its one-core run: benchmarks/LOG.md
+             "omniglot_20w1s_conv4_lr_2cores",  # its one-core run: benchmarks/LOG.md
+             "omniglot_20w1s_conv4_lr_proto_2cores"]
     rows = []
     for name in files:
         path = RESULTS / f"{name}.json"
