@@ -15,8 +15,8 @@ from metanas_jax.meta.state import (MetaState, arch_optimizer, init_meta_opt_sta
 from metanas_jax.meta.tasks_map import STRATEGIES, map_tasks, resolve_strategy
 
 __all__ = ["ALGORITHMS", "ARCH_UPDATES", "HEAD_INITS", "QUERY_NORMS", "MetaConfig",
-           "make_optimizer", "adapt", "init_head", "loss_and_accuracy", "Learner", "conv4_learner", "supernet_learner",
-           "derived_learner", "inherited_params",
+           "make_optimizer", "adapt", "init_head", "loss_and_accuracy", "Learner",
+           "conv4_learner", "supernet_learner", "derived_learner", "inherited_params",
            "check_task_batch", "make_meta_step", "task_meta_gradient", "MetaState",
            "arch_optimizer", "init_meta_opt_state", "init_state", "meta_optimizer",
            "STRATEGIES", "map_tasks", "resolve_strategy", "architecture_report", "confidence_interval",

@@ -64,6 +64,7 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
           arch_active=True, lrs=None, first_order: bool = False):
     """``steps`` (default ``cfg.inner_steps``) task-optimiser steps on ``(x, y)``.
 
+    The classifier starts where ``cfg.head_init`` says (:func:`init_head`).
     Returns ``(params, z, support_losses)``; ``support_losses[k]`` is the loss before
     step ``k`` (so ``[0]`` is the pre-adaptation loss). ``arch_active`` (traced bool)
     freezes the architecture, e.g. during the meta-level warm-up. ``lrs`` (a tree of
