@@ -2,7 +2,7 @@
 
 MAML (Finn et al. 2017), Omniglot 20-way: 5 inner SGD steps of 0.1, meta-batch 16, Adam
 1e-3; published 95.8%. ``get_config("conv4_lr")`` trains with one inner step of meta-learned
-per-layer rates (5 at test) from a prototype head, and a cosine meta-lr;
+per-layer rates (5 at test) from a prototype head, first-order, and a cosine meta-lr;
 ``get_config("darts")`` meta-learns a DARTS cell as well. Everything else is the 5-way
 1-shot config (``omniglot_5w1s.py``).
 """
@@ -30,8 +30,10 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # prototypes (meta.head_init): 13-minute one-core probes 89.01% vs 86.91% with the
         # meta-learned head; on 2 cores 95.50% after 10,000 steps in 61 min, against 94.43%
         # after 16,000 steps in 115 min (benchmarks/LOG.md, "Where the classifier starts").
-        # Its step took 0.75 s on one core beside another run, so 8,400 steps about fill
-        # the 110-minute cap there (9,600 did without the prototype head).
-        _base.set_lr_recipe(c, steps=8400)
+        # From the prototypes the support set is already fit, so the second-order term adds
+        # nothing: first-order MAML gave 95.38% after the same 10,000 steps in 36 min on 2
+        # cores (0.43 s a step on one idle core: about 72 min there).
+        _base.set_lr_recipe(c, steps=10000)
         c.meta.head_init = "proto"
+        c.meta.algorithm = "fomaml"
     return c
