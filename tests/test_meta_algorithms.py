@@ -346,3 +346,21 @@ def test_head_init_proto_is_the_prototype_classifier_with_exact_meta_gradients()
     headless = {k: v for k, v in params.items() if k != "head"}
     with pytest.raises(ValueError, match="'head'"):
         meta.init_head(learner, cfg, headless, z, sx, sy)
+
+
+def test_supernet_step_compiles_at_llvm_o1_on_cpu_with_the_default_result():
+    from metanas_jax.meta.outer import meta_step_compiler_options
+    learner = smooth_search_learner()
+    on_cpu = jax.default_backend() == "cpu"
+    assert meta_step_compiler_options(learner) == (
+        {"xla_backend_optimization_level": 1} if on_cpu else None)
+    assert meta_step_compiler_options(tiny_conv4()) is None
+    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1, arch_meta_lr=1e-2)
+    tasks = toy_tasks(jax.random.PRNGKey(3), 2)
+    state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), tasks.support_x[0])
+    fast_compile = meta.make_meta_step(learner, cfg)
+    default = jax.jit(meta.make_meta_step(learner, cfg, jit=False))
+    a, b = fast_compile(state, tasks)[0], default(state, tasks)[0]
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a.arch, state.arch)
