@@ -75,7 +75,7 @@ def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch
 
 
 # XLA:CPU compiles with LLVM at -O3 by default. At -O1 the DARTS supernet's meta-step compiles
-# 10-12% faster at the same step time (3 same-run pairs, benchmarks/LOG.md, "At the suite's
+# 10-12% faster at the same step time (3 back-to-back pairs, benchmarks/LOG.md, "At the suite's
 # default shapes"); -O0 compiles faster still but steps 3.7x slower. Fixed networks compile in
 # seconds and keep the default.
 SUPERNET_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
