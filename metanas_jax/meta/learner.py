@@ -8,6 +8,7 @@ gradient and optimiser are no-ops instead of special cases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -18,6 +19,14 @@ import jax.numpy as jnp
 from metanas_jax.nn.conv4 import Conv4
 from metanas_jax.nn.fastconv import resolve_impl
 from metanas_jax.nn.ops import NORM_STATS
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_fixed(module: nn.Module, key: jax.Array, x: jax.Array):
+    """A fixed network's params: jitted, the same draws as eager ``module.init`` in one
+    compile (cached per module) instead of one per op (conv4 1.3 s against 4.0 s eager, a
+    compact 3-cell DARTS network 6.6 s against 12.3 s)."""
+    return module.init(key, x)["params"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,7 +50,7 @@ class Learner:
         small random alphas; ``(0,)``-shaped for a fixed network)."""
         k_w, k_z = jax.random.split(key)
         if not self.searches:
-            return self.module.init(k_w, x)["params"], jnp.zeros((0,), jnp.float32)
+            return _init_fixed(self.module, k_w, x), jnp.zeros((0,), jnp.float32)
         z = self.arch_init_center + self.arch_init_scale * jax.random.normal(
             k_z, (self.space.dim,), jnp.float32)
         from metanas_jax import nn as mnn  # late: the supernet package may be absent at import
