@@ -348,14 +348,16 @@ def test_head_init_proto_is_the_prototype_classifier_with_exact_meta_gradients()
         meta.init_head(learner, cfg, headless, z, sx, sy)
 
 
-def test_supernet_step_compiles_at_llvm_o1_on_cpu_with_the_default_result():
-    from metanas_jax.meta.outer import meta_step_compiler_options
+def test_supernet_programs_compile_at_llvm_o1_on_cpu_with_the_default_result(monkeypatch):
+    """A supernet's meta-step and meta-test compile with ``Learner.compiler_options()``
+    (LLVM -O1 on CPU) and compute what XLA's default-compiled programs compute."""
+    from metanas_jax.meta import learner as learner_module
     learner = smooth_search_learner()
     on_cpu = jax.default_backend() == "cpu"
-    assert meta_step_compiler_options(learner) == (
-        {"xla_backend_optimization_level": 1} if on_cpu else None)
-    assert meta_step_compiler_options(tiny_conv4()) is None
-    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1, arch_meta_lr=1e-2)
+    assert learner.compiler_options() == ({"xla_backend_optimization_level": 1} if on_cpu else None)
+    assert tiny_conv4().compiler_options() is None
+    cfg = meta.MetaConfig(algorithm="fomaml", inner_steps=1, eval_inner_steps=1, inner_lr=0.1,
+                          arch_meta_lr=1e-2)
     tasks = toy_tasks(jax.random.PRNGKey(3), 2)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(0), tasks.support_x[0])
     fast_compile = meta.make_meta_step(learner, cfg)
@@ -364,3 +366,10 @@ def test_supernet_step_compiles_at_llvm_o1_on_cpu_with_the_default_result():
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     assert not np.allclose(a.arch, state.arch)
+    fast_test = meta.make_adapt_and_score(learner, cfg)(a.params, a.arch, tasks)
+    monkeypatch.setattr(learner_module, "SUPERNET_CPU_COMPILER_OPTIONS", {})  # XLA's defaults
+    other = smooth_search_learner()  # the same network; a new object, so a new compile
+    assert other.compiler_options() in ({}, None)
+    default_test = meta.make_adapt_and_score(other, cfg)(a.params, a.arch, tasks)
+    for x, y in zip(fast_test, default_test):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -53,7 +53,7 @@ def make_adapt_and_score(learner, cfg: MetaConfig, steps: int | None = None):
         return map_tasks(one, sx, sy, qx, qy, strategy=cfg.strategy,
                          cpu_strategy=learner.cpu_strategy)
 
-    run = jax.jit(run)
+    run = jax.jit(run, compiler_options=learner.compiler_options())
     return lambda params, z, b, inner_lrs=None: run(params, z, inner_lrs, b.support_x,
                                                     b.support_y, b.query_x, b.query_y)
 
@@ -82,7 +82,7 @@ def _adapt_and_predict_fn(learner, cfg: MetaConfig, steps: int):
         p2, a2, _ = adapt(learner, cfg, params, z, sx, sy, steps=steps, lrs=lrs)
         return predict(learner, cfg, p2, a2, x, support_x=sx)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=learner.compiler_options())
 
 
 def adapt_and_predict(learner, cfg: MetaConfig, state, support_x, support_y, x,

@@ -29,6 +29,14 @@ def _init_fixed(module: nn.Module, key: jax.Array, x: jax.Array):
     return module.init(key, x)["params"]
 
 
+# XLA:CPU compiles with LLVM at -O3 by default. At -O1 the DARTS supernet's meta-step
+# compiles 10-14% faster and its meta-test 12-24%, at the same step time (back-to-back
+# pairs on two machines, benchmarks/compile_level.py; benchmarks/LOG.md, "At the suite's
+# default shapes"); -O0 compiles faster still but steps 3.7x slower. Fixed networks compile
+# in seconds and keep the default.
+SUPERNET_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Learner:
     """``module`` applied as ``module.apply({"params": p}, x)`` (fixed) or
@@ -44,6 +52,13 @@ class Learner:
     @property
     def searches(self) -> bool:
         return self.space is not None
+
+    def compiler_options(self) -> dict | None:
+        """The XLA options its meta-step and meta-test compile with (``None``: XLA's
+        defaults): :data:`SUPERNET_CPU_COMPILER_OPTIONS` for a supernet on CPU."""
+        if self.searches and jax.default_backend() == "cpu":
+            return dict(SUPERNET_CPU_COMPILER_OPTIONS)
+        return None
 
     def init(self, key: jax.Array, x: jax.Array):
         """``(params, z)``: network weights and the architecture encoding (DARTS-style

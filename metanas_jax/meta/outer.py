@@ -74,21 +74,6 @@ def task_meta_gradient(learner, cfg: MetaConfig, params, z, sx, sy, qx, qy, arch
     return gp, ga, metrics
 
 
-# XLA:CPU compiles with LLVM at -O3 by default. At -O1 the DARTS supernet's meta-step compiles
-# 10-12% faster at the same step time (3 back-to-back pairs, benchmarks/LOG.md, "At the suite's
-# default shapes"); -O0 compiles faster still but steps 3.7x slower. Fixed networks compile in
-# seconds and keep the default.
-SUPERNET_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-
-
-def meta_step_compiler_options(learner) -> dict | None:
-    """The XLA options :func:`make_meta_step` compiles ``learner``'s step with (``None``:
-    XLA's defaults): :data:`SUPERNET_CPU_COMPILER_OPTIONS` for a supernet on CPU."""
-    if learner.searches and jax.default_backend() == "cpu":
-        return dict(SUPERNET_CPU_COMPILER_OPTIONS)
-    return None
-
-
 def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: str = "data"):
     """The pure ``meta_step(state, task_batch) -> (state, metrics)`` for this learner.
 
@@ -171,4 +156,4 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
 
     if not jit:
         return meta_step
-    return jax.jit(meta_step, compiler_options=meta_step_compiler_options(learner))
+    return jax.jit(meta_step, compiler_options=learner.compiler_options())
