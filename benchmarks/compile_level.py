@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -33,8 +32,8 @@ LEVELS = ("default", "O1")
 PROGRAM_NAMES = {"metastep": "jit(meta_step)", "metatest": "jit(run)"}
 
 
-def measure(program: str, level: str, meta_batch: int, inner_steps: int, algorithm: str) -> dict:
-    """One process's figures (run in a child: the level is fixed per process)."""
+def measure(args) -> dict:
+    """One process's figures (run in a child: the level, ``args.child``, is fixed per process)."""
     import jax
 
     compiles = []
@@ -50,14 +49,14 @@ def measure(program: str, level: str, meta_batch: int, inner_steps: int, algorit
     import suite
     from metanas_jax import meta
     from metanas_jax.meta import learner as learner_module
-    if level == "default":  # XLA's own options instead of the library's -O1
+    if args.child == "default":  # XLA's own options instead of the library's -O1
         learner_module.SUPERNET_CPU_COMPILER_OPTIONS = {}
-    args = types.SimpleNamespace(darts_channels=8, darts_cells=3, conv_impl="auto")
     learner = suite.learner_for("darts", args)
-    cfg = suite.meta_config("darts", learner, algorithm, inner_steps, "auto", "auto").replace(
-        eval_inner_steps=inner_steps)
-    batch = suite.episodes(meta_batch, jax.numpy.float32)
+    cfg = suite.meta_config("darts", learner, args.algorithm, args.inner_steps, "auto", "auto").replace(
+        eval_inner_steps=args.inner_steps)
+    batch = suite.episodes(args.meta_batch, jax.numpy.float32)
     state = meta.init_state(learner, cfg, jax.random.PRNGKey(1), batch.support_x[0])
+    program = args.program
     if program == "metastep":
         step = meta.make_meta_step(learner, cfg)
         call = lambda: step(state, batch)[1]  # noqa: E731
@@ -72,7 +71,7 @@ def measure(program: str, level: str, meta_batch: int, inner_steps: int, algorit
     xla = [s for name, s in compiles if name == PROGRAM_NAMES[program]]
     if len(xla) != 1:
         raise RuntimeError(f"expected one compilation of {PROGRAM_NAMES[program]}, saw {compiles}")
-    return {"level": level, "options": learner.compiler_options(), "xla_compile_s": xla[0],
+    return {"level": args.child, "options": learner.compiler_options(), "xla_compile_s": xla[0],
             "first_call_s": times[0], "second_call_s": times[1]}
 
 
@@ -83,27 +82,27 @@ def main(argv=None):
     ap.add_argument("--inner-steps", type=int, default=10,
                     help="inner steps (the meta-step's) or adaptation steps (the meta-test's)")
     ap.add_argument("--algorithm", default="fomaml")
+    ap.add_argument("--darts-channels", type=int, default=8)
+    ap.add_argument("--darts-cells", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--json", default="", help="write the figures here")
     ap.add_argument("--child", choices=LEVELS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.program, args.child, args.meta_batch, args.inner_steps,
-                                 args.algorithm)))
+        print(json.dumps(measure(args)))
         return
     if args.pairs < 1:
         raise SystemExit(f"--pairs must be >= 1, got {args.pairs}")
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/compile_level.py", *sys.argv[1:]])
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/compile_level.py", *given])
     import suite
     print(f"command: {command}\nmachine: {suite.cpu_name()}, {os.cpu_count()} cores; "
           f"load average at start: {suite.load()}", flush=True)
     rows = []
     for pair in range(args.pairs):
         for level in (LEVELS if pair % 2 == 0 else LEVELS[::-1]):
-            p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", level,
-                                "--program", args.program, "--meta-batch", str(args.meta_batch),
-                                "--inner-steps", str(args.inner_steps), "--algorithm", args.algorithm],
-                               capture_output=True, text=True)
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), *given,
+                                "--child", level], capture_output=True, text=True)
             if p.returncode != 0:
                 raise SystemExit(f"{level} process failed:\n{p.stderr[-3000:]}")
             row = {"pair": pair, **json.loads(p.stdout.strip().splitlines()[-1]), "load": suite.load()}
@@ -125,6 +124,7 @@ def main(argv=None):
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "program": args.program, "meta_batch": args.meta_batch,
                "inner_steps": args.inner_steps, "algorithm": args.algorithm,
+               "darts_channels": args.darts_channels, "darts_cells": args.darts_cells,
                "rows": rows, "summary": summary, "o1_over_default_compile": ratio}
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
