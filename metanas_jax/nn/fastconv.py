@@ -216,7 +216,9 @@ def _depthwise_bwd(stride, padding, dilation, res, g):
 
     gp = jax.lax.pad(g, jnp.zeros((), g.dtype),
                      ((0, 0, 0), spread(h, lo_h, kh, ho), spread(wd, lo_w, kw, wo), (0, 0, 0)))
-    dx = _shift_add(gp, w[::-1, ::-1], h, wd, 1, dilation)
+    # a depthwise convolution itself, so second-order MAML differentiates it through this
+    # rule again instead of autodiff's per-tap pads and reductions of a shift-add loop
+    dx = _depthwise_shift_add(gp, w[::-1, ::-1], 1, "VALID", dilation)
     return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
