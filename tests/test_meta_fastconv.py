@@ -10,7 +10,7 @@ import pytest
 
 from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
 from metanas_jax.nn.fastconv import Conv, conv2d, patches, resolve_impl
-from metanas_jax.nn.ops import Norm
+from metanas_jax.nn.ops import Norm, max_pool
 
 
 @pytest.mark.parametrize("stride,padding,size,kernel", [
@@ -239,3 +239,23 @@ def test_conv4_pooled_norm_equals_norm_relu_pool_to_second_order():
             for got, want in zip(jax.tree.leaves(jax.grad(f(net.apply))(params)),
                                  jax.tree.leaves(jax.grad(f(Plain().apply))(params))):
                 np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape,stride", [((2, 7, 6, 3), 1), ((2, 7, 6, 3), 2), ((1, 8, 9, 2), 2),
+                                          ((1, 1, 1, 2), 1)])
+def test_max_pool_3x3_matches_flax_with_ties_to_second_order(shape, stride):
+    """Values, gradients (ties included: reduce_window's gradient sends a tie to the first
+    maximum in row-major order) and a second derivative equal ``nn.max_pool``'s."""
+    x = jax.random.normal(jax.random.PRNGKey(7), shape)
+    x = jnp.round(x * 2) / 2  # many ties
+    plain = lambda x: nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")  # noqa: E731
+    pool = lambda x: max_pool(x, stride)  # noqa: E731
+    np.testing.assert_array_equal(pool(x), plain(x))
+    v = jax.random.normal(jax.random.PRNGKey(8), plain(x).shape)
+
+    def loss(f):
+        return lambda x: jnp.sum(jnp.sin(f(x) * v))
+
+    np.testing.assert_allclose(jax.grad(loss(pool))(x), jax.grad(loss(plain))(x), atol=1e-6)
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (x,), (jnp.cos(x),))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(pool), hvp(plain), atol=1e-5)

@@ -43,7 +43,7 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
+def window_pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
     """(low, high, out) padding and output size along one axis, as lax.conv computes them."""
     if padding == "SAME":
         out = -(-size // stride)
@@ -56,8 +56,8 @@ def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int, int]:
 
 def _padded(x, kh, kw, stride, padding, dilation):
     """``x`` padded for a ``kh x kw`` window, with ``(low pad, output size)`` per axis."""
-    lo_h, hi_h, ho = _pads(x.shape[1], dilation * (kh - 1) + 1, stride, padding)
-    lo_w, hi_w, wo = _pads(x.shape[2], dilation * (kw - 1) + 1, stride, padding)
+    lo_h, hi_h, ho = window_pads(x.shape[1], dilation * (kh - 1) + 1, stride, padding)
+    lo_w, hi_w, wo = window_pads(x.shape[2], dilation * (kw - 1) + 1, stride, padding)
     return jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0))), (lo_h, ho), (lo_w, wo)
 
 

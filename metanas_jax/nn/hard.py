@@ -35,7 +35,7 @@ from flax import traverse_util
 
 from metanas_jax.nn.fastconv import conv2d
 from metanas_jax.nn.macro import MacroSupernet, level_shapes
-from metanas_jax.nn.ops import ACTIVATIONS, EPS, pool2
+from metanas_jax.nn.ops import ACTIVATIONS, EPS, max_pool, pool2
 from metanas_jax.spaces.macro32 import Macro32
 
 _CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}
@@ -214,8 +214,7 @@ class HardMacroSupernet:
                 return out(_conv(y, q["pointwise0"]["kernel"]), x, down, res, q["norm0"])
         elif name == "max_pool3x3":
             def f(lp, x, down, res):
-                y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
-                return out(y, x, down, res)
+                return out(max_pool(x), x, down, res)
         elif name == "identity":
             def f(lp, x, down, res):
                 return out(x, x, down, res, centred=False)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metanas_jax.nn.fastconv import Conv
+from metanas_jax.nn.fastconv import Conv, window_pads
 
 EPS = 1e-5
 # The activations an op may use (a space's ``activation``): GELU as PyTorch's default, exact.
@@ -177,8 +177,40 @@ def subsample(x, stride):
     return x if stride == 1 else x[:, ::stride, ::stride, :]
 
 
+@jax.custom_jvp
+def _max3(a, b, c):
+    return jnp.maximum(jnp.maximum(a, b), c)
+
+
+@_max3.defjvp
+def _max3_jvp(primals, tangents):
+    """The tangent of the first maximum among ``a, b, c``: one select per pair, where
+    ``jnp.maximum``'s rule splits ties in halves with extra compares and multiplies."""
+    (a, b, c), (ta, tb, tc) = primals, tangents
+    ab = jnp.maximum(a, b)
+    return jnp.maximum(ab, c), jnp.where(ab >= c, jnp.where(a >= b, ta, tb), tc)
+
+
+def _max3_along(x, axis, stride):
+    """Max over a SAME size-3 window along ``axis`` at ``stride`` (padding ``-inf``)."""
+    lo, hi, out = window_pads(x.shape[axis], 3, stride, "SAME")
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (lo, hi)
+    xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+    span = (out - 1) * stride + 1
+    return _max3(*(jax.lax.slice_in_dim(xp, k, k + span, stride, axis) for k in range(3)))
+
+
 def max_pool(x, stride=1):
-    return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
+    """3x3 max-pool, SAME, as ``nn.max_pool``: the max of three column-shifted slices,
+    then of three row-shifted ones. Why: ``reduce_window``'s gradient (select-and-scatter;
+    under a second derivative, select-and-gather over packed pairs) is slow on XLA:CPU.
+    Here the gradient is selects and pads: 1.9-3.4x faster on the supernet's shapes, a
+    second derivative 1.2-2.6x (``benchmarks/bench_pool.py``), the DARTS first-order
+    meta-step about a fifth faster (``benchmarks/LOG.md``). Columns first, so a tie goes
+    to the first maximum in row-major order, where ``reduce_window``'s gradient sends it
+    (tested)."""
+    return _max3_along(_max3_along(x, 2, stride), 1, stride)
 
 
 def pool2(x):
