@@ -16,9 +16,7 @@ reduction cell's input edges), and checks they agree.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -76,10 +74,7 @@ def main(argv=None):
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
     import suite
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_depthwise_grad.py", *given])
-    print(f"command: {command}\nmachine: {suite.cpu_name()}, {os.cpu_count()} cores; "
-          f"load average at start: {suite.load()}", flush=True)
+    command = suite.announce("bench_depthwise_grad.py", argv)
     rows = []
     for case in CASES:
         ref_c, ref_t, ref = measure(case, per_tap_sums, args.repeats)
@@ -96,13 +91,7 @@ def main(argv=None):
               f"call per-tap {ref_t * 1e3:7.3f} ms, map {map_t * 1e3:7.3f} ms", flush=True)
     print(f"load average at end: {suite.load()}\nreproduce: {command}")
     if args.json:
-        out = {"command": command, "machine": f"{suite.cpu_name()}, {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "load_at_end": suite.load(), "repeats": args.repeats, "rows": rows}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        suite.write_result(args.json, command, repeats=args.repeats, rows=rows)
 
 
 def n_str(case):

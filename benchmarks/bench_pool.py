@@ -16,9 +16,7 @@ checks they agree. The average pool stays ``reduce_window``: its gradient is a s
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -81,10 +79,7 @@ def main(argv=None):
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
     import suite
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_pool.py", *given])
-    print(f"command: {command}\nmachine: {suite.cpu_name()}, {os.cpu_count()} cores; "
-          f"load average at start: {suite.load()}", flush=True)
+    command = suite.announce("bench_pool.py", argv)
     rows = []
     for case in CASES:
         ref = measure(case, reduce_window_pool, args.repeats)
@@ -105,13 +100,7 @@ def main(argv=None):
               flush=True)
     print(f"load average at end: {suite.load()}\nreproduce: {command}")
     if args.json:
-        out = {"command": command, "machine": f"{suite.cpu_name()}, {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "load_at_end": suite.load(), "repeats": args.repeats, "rows": rows}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        suite.write_result(args.json, command, repeats=args.repeats, rows=rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -94,10 +93,8 @@ def main(argv=None):
     if args.pairs < 1:
         raise SystemExit(f"--pairs must be >= 1, got {args.pairs}")
     given = sys.argv[1:] if argv is None else list(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/compile_level.py", *given])
     import suite
-    print(f"command: {command}\nmachine: {suite.cpu_name()}, {os.cpu_count()} cores; "
-          f"load average at start: {suite.load()}", flush=True)
+    command = suite.announce("compile_level.py", argv)
     rows = []
     for pair in range(args.pairs):
         for level in (LEVELS if pair % 2 == 0 else LEVELS[::-1]):
@@ -120,16 +117,10 @@ def main(argv=None):
           f"{summary['default']['second_call_s']:.1f} s, -O1 {summary['O1']['second_call_s']:.1f} s")
     print(f"reproduce: {command}")
     if args.json:
-        out = {"command": command, "machine": f"{suite.cpu_name()}, {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "program": args.program, "meta_batch": args.meta_batch,
-               "inner_steps": args.inner_steps, "algorithm": args.algorithm,
-               "darts_channels": args.darts_channels, "darts_cells": args.darts_cells,
-               "rows": rows, "summary": summary, "o1_over_default_compile": ratio}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        suite.write_result(args.json, command, program=args.program, meta_batch=args.meta_batch,
+                           inner_steps=args.inner_steps, algorithm=args.algorithm,
+                           darts_channels=args.darts_channels, darts_cells=args.darts_cells,
+                           rows=rows, summary=summary, o1_over_default_compile=ratio)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,11 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +48,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from metanas_jax import data, meta, parallel, spaces  # noqa: E402
+from metanas_jax import data, files, meta, parallel, spaces  # noqa: E402
 
 AMORTIZE = 1000
 
@@ -67,6 +69,25 @@ def load() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def announce(script: str, argv=None) -> str:
+    """The command that reproduces a small benchmark script's run (printed with the machine
+    and the load, returned for its results file)."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{script}", *given])
+    print(f"command: {command}\nmachine: {cpu_name()}, {os.cpu_count()} cores; "
+          f"load average at start: {load()}", flush=True)
+    return command
+
+
+def write_result(path: str, command: str, **figures) -> None:
+    """A small benchmark's figures as JSON with its command, machine, date and load,
+    written atomically (a run killed mid-write leaves the previous file)."""
+    out = {"command": command, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_end": load(),
+           **figures}
+    files.write_atomic(Path(path), json.dumps(out, indent=1, default=str).encode())
 
 
 def timed(fn, repeats, warmup=1):

@@ -177,6 +177,19 @@ def test_conv4_shapes_impls_agree_and_validation():
         Conv4(0).init(jax.random.PRNGKey(0), x)
 
 
+def _assert_same_to_second_order(fn, reference, x, seed):
+    """Gradient and a Hessian-vector product of a smooth loss of ``fn(x)`` equal those of
+    ``reference(x)``."""
+    v = jax.random.normal(jax.random.PRNGKey(seed), reference(x).shape)
+
+    def loss(f):
+        return lambda x: jnp.sum(jnp.sin(f(x) * v))
+
+    np.testing.assert_allclose(jax.grad(loss(fn))(x), jax.grad(loss(reference))(x), atol=1e-6)
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (x,), (jnp.cos(x),))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(fn), hvp(reference), atol=1e-5)
+
+
 def test_max_pool_2x2_matches_reduce_window():
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 7, 6, 3))
     want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
@@ -191,14 +204,7 @@ def test_max_pool_2x2_gradients_match_jnp_max_with_ties():
 
     x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, 6, 3))
     x = x.at[:, :4, :4, 0].set(0.5).at[0, 2:4, 2:4, 1].set(-1.0)  # 2-, 3- and 4-way ties
-    v = jax.random.normal(jax.random.PRNGKey(6), max_pool_2x2(x).shape)
-
-    def loss(pool):
-        return lambda x: jnp.sum(jnp.sin(pool(x) * v))
-
-    np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(plain))(x), atol=1e-6)
-    hvp = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (jnp.cos(x),))[1]  # noqa: E731
-    np.testing.assert_allclose(hvp(max_pool_2x2), hvp(plain), atol=1e-5)
+    _assert_same_to_second_order(max_pool_2x2, plain, x, seed=6)
     assert max_pool_2x2(jnp.ones((1, 1, 5, 2))).shape == (1, 1, 5, 2)  # too small: identity
 
 
@@ -251,11 +257,4 @@ def test_max_pool_3x3_matches_flax_with_ties_to_second_order(shape, stride):
     plain = lambda x: nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")  # noqa: E731
     pool = lambda x: max_pool(x, stride)  # noqa: E731
     np.testing.assert_array_equal(pool(x), plain(x))
-    v = jax.random.normal(jax.random.PRNGKey(8), plain(x).shape)
-
-    def loss(f):
-        return lambda x: jnp.sum(jnp.sin(f(x) * v))
-
-    np.testing.assert_allclose(jax.grad(loss(pool))(x), jax.grad(loss(plain))(x), atol=1e-6)
-    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (x,), (jnp.cos(x),))[1]  # noqa: E731
-    np.testing.assert_allclose(hvp(pool), hvp(plain), atol=1e-5)
+    _assert_same_to_second_order(pool, plain, x, seed=8)
