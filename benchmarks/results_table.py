@@ -317,9 +317,55 @@ def fewshot_table() -> str:
                      + rows)
 
 
+# the suite runs README's speed table shows: the latest of each model and algorithm, then
+# PyTorch-only runs that show how much PyTorch's own step moves between runs
+SPEED = ("suite_conv4_maml_2026-12-04.json", "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
+         "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
+SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
+ALGORITHMS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile"}
+
+
+def _spread(x: dict) -> str:
+    return f"{x['median_s']:.1f} s ({x['min_s']:.1f}-{x['max_s']:.1f})"
+
+
+def speed_table() -> str:
+    """README's block: suite.py's meta-step rows against PyTorch in the same run."""
+    lines = ["Meta-step time, JAX against PyTorch (CPU, 2 threads) in the same run "
+             "(`benchmarks/suite.py`: 5-way 1-shot 28x28 episodes, 15 queries, 5 inner steps; "
+             "each file holds its command and load). PyTorch / JAX: PyTorch's median step over "
+             "JAX's with its compile spread over 1,000 steps.", "",
+             "| meta-step | meta-batch | machine, PyTorch | JAX compile | JAX step, median (range) "
+             "| PyTorch step | PyTorch / JAX | result file |", "|---|---|---|---|---|---|---|---|"]
+    for name in SPEED:
+        r = json.loads((RESULTS / name).read_text())
+        machine = r["header"][1].removeprefix("# machine: ").split(";")[0]
+        rows = {x["name"]: x for x in r["rows"]}
+        for x in r["rows"]:
+            kind, model, algorithm, mb = (x["name"].split("/") + [""] * 4)[:4]
+            if kind != "meta":
+                continue
+            if model == "darts":
+                model = f"DARTS supernet ({r['args']['darts_channels']} ch., {r['args']['darts_cells']} cells)"
+            t = rows.get(f"torch/{x['name'].removeprefix('meta/')}", {})
+            torch = t.get("note", "").split(",")[0]
+            lines.append(f"| {model}, {ALGORITHMS[algorithm]} | {mb.removeprefix('mb')} | "
+                         f"{machine}{'; ' + torch if torch else ''} | "
+                         f"{x['compile_s']:.1f} s | {_spread(x)} | {_spread(t) if t else '-'} | "
+                         f"{'**%.2f**' % t['ratio'] if 'ratio' in t else '-'} | `{name}` |")
+    for name in SPEED_TORCH_ONLY:
+        r = json.loads((RESULTS / name).read_text())
+        runs = [f"{ALGORITHMS[x['name'].split('/')[2]]} {_spread(x)}" for x in r["rows"]
+                if x["name"].startswith("torch/darts/")]
+        lines += ["", f"PyTorch's DARTS step alone, another run on the same machine (`{name}`): "
+                  + "; ".join(runs) + ". Its step moves between runs far more than JAX's; the "
+                  "ratios above hold for their own run (history and readings: `benchmarks/LOG.md`)."]
+    return "\n".join(lines)
+
+
 README, BENCH_README = ROOT / "README.md", ROOT / "benchmarks" / "README.md"
 BLOCKS = {"transfer-results": (README, transfer_table), "nb201-results": (README, nb201_table),
-          "fewshot-results": (README, fewshot_table),
+          "fewshot-results": (README, fewshot_table), "speed-results": (README, speed_table),
           "benchmark-figures": (BENCH_README, benchmark_figures)}
 
 
