@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import suite  # noqa: E402
 from metanas_jax.nn import fastconv  # noqa: E402
 
 # (images, pixels, channels, kernel, dilation, stride): the supernet's depthwise geometries
@@ -54,18 +53,9 @@ def measure(case, tap_sums, repeats):
 
     saved, fastconv._tap_sums = fastconv._tap_sums, tap_sums
     try:  # traced with the chosen weight gradient
-        t0 = time.perf_counter()
-        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile()
-        compile_s = time.perf_counter() - t0
+        return suite.compile_and_time(jax.grad(loss, argnums=(0, 1)), (x, w), repeats)
     finally:
         fastconv._tap_sums = saved
-    out = jax.block_until_ready(compiled(x, w))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(x, w))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), out
 
 
 def main(argv=None):
@@ -73,14 +63,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
-    import suite
     command = suite.announce("bench_depthwise_grad.py", argv)
     rows = []
     for case in CASES:
         ref_c, ref_t, ref = measure(case, per_tap_sums, args.repeats)
         map_c, map_t, new = measure(case, fastconv._tap_sums, args.repeats)
-        err = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-30))
-                  for a, b in zip(ref, new))
+        err = suite.relative_difference(ref, new)
         if err > 1e-5:
             raise SystemExit(f"{case}: the two weight gradients disagree (relative {err:.1e})")
         row = dict(zip(("images", "pixels", "channels", "kernel", "dilation", "stride"), case),

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +26,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import suite  # noqa: E402
 from metanas_jax.nn.ops import max_pool  # noqa: E402
 
 # (tasks, images, pixels, channels, stride): the supernet's max-pool geometries
@@ -38,19 +37,6 @@ CASES = [(2, 75, 28, 8, 1), (2, 75, 28, 16, 2), (2, 75, 14, 16, 1), (2, 75, 14, 
 def reduce_window_pool(x, stride):
     """The reference: flax's max-pool (XLA ``reduce_window``)."""
     return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
-
-
-def _time(fn, args, repeats):
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), out
 
 
 def measure(case, pool, repeats):
@@ -65,12 +51,8 @@ def measure(case, pool, repeats):
 
     grad = jax.grad(loss)
     hvp = lambda x: jax.jvp(grad, (x,), (jnp.cos(x),))[1]  # noqa: E731
-    return _time(jax.value_and_grad(loss), (x,), repeats), _time(hvp, (x,), repeats)
-
-
-def relative(a, b):
-    return max(float(jnp.max(jnp.abs(p - q)) / (jnp.max(jnp.abs(p)) + 1e-30))
-               for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return (suite.compile_and_time(jax.value_and_grad(loss), (x,), repeats),
+            suite.compile_and_time(hvp, (x,), repeats))
 
 
 def main(argv=None):
@@ -78,7 +60,6 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default="", help="write the figures here")
     args = ap.parse_args(argv)
-    import suite
     command = suite.announce("bench_pool.py", argv)
     rows = []
     for case in CASES:
@@ -86,7 +67,7 @@ def main(argv=None):
         new = measure(case, max_pool, args.repeats)
         row = dict(zip(("tasks", "images", "pixels", "channels", "stride"), case))
         for order, (r, m) in zip(("grad", "hvp"), zip(ref, new)):
-            err = relative(r[2], m[2])
+            err = suite.relative_difference(r[2], m[2])
             if err > 1e-5:
                 raise SystemExit(f"{case} {order}: the two pools disagree (relative {err:.1e})")
             row.update({f"{order}_reduce_window_compile_s": r[0], f"{order}_slices_compile_s": m[0],

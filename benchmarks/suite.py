@@ -101,6 +101,22 @@ def timed(fn, repeats, warmup=1):
     return ts
 
 
+def compile_and_time(fn, args, repeats):
+    """``(compile s, median call s, result)`` of ``jax.jit(fn)`` on ``args``, compiled
+    ahead of time (a small benchmark script's measurement)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))
+    return compile_s, statistics.median(timed(lambda: compiled(*args), repeats, warmup=0)), out
+
+
+def relative_difference(a, b) -> float:
+    """Largest ``max|a - b| / max|a|`` over the leaves of two pytrees."""
+    return max(float(jnp.max(jnp.abs(p - q)) / (jnp.max(jnp.abs(p)) + 1e-30))
+               for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def has_loops(compiled) -> bool:
     """Whether the compiled program keeps a loop (a rolled ``lax.scan`` / ``lax.map``):
     XLA's cost analysis counts a loop body once, so its FLOPs are then a lower bound."""
