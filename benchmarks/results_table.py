@@ -7,7 +7,7 @@
 Each file holds each of its blocks between two ``<!-- NAME -->`` markers (:data:`BLOCKS`:
 name -> (file, function)); ``tests/test_readme.py`` checks that each equals what this script
 prints, so no figure in them is typed by hand or goes stale. README.md keeps the headline
-tables; benchmarks/README.md the supporting figures (proxy fidelity, final training).
+tables; benchmarks/README.md the supporting figures (proxy fidelity, final training, meta-step speed).
 """
 from __future__ import annotations
 
@@ -317,7 +317,7 @@ def fewshot_table() -> str:
                      + rows)
 
 
-# the suite runs README's speed table shows: the latest of each model and algorithm, then
+# the suite runs the speed table shows: the latest of each model and algorithm, then
 # PyTorch-only runs that show how much PyTorch's own step moves between runs
 SPEED = ("suite_conv4_maml_epyc_2026-12-04.json", "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
          "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
@@ -330,7 +330,7 @@ def _spread(x: dict) -> str:
 
 
 def speed_table() -> str:
-    """README's block: suite.py's meta-step rows against PyTorch in the same run."""
+    """benchmarks/README.md's block: suite.py's meta-step rows against PyTorch in the same run."""
     lines = ["Meta-step time, JAX against PyTorch (CPU, 2 threads) in the same run "
              "(`benchmarks/suite.py`: 5-way 1-shot 28x28 episodes, 15 queries, 5 inner steps; "
              "each file holds its command and load). PyTorch / JAX: PyTorch's median step over "
@@ -365,7 +365,7 @@ def speed_table() -> str:
 
 README, BENCH_README = ROOT / "README.md", ROOT / "benchmarks" / "README.md"
 BLOCKS = {"transfer-results": (README, transfer_table), "nb201-results": (README, nb201_table),
-          "fewshot-results": (README, fewshot_table), "speed-results": (README, speed_table),
+          "fewshot-results": (README, fewshot_table), "speed-results": (BENCH_README, speed_table),
           "benchmark-figures": (BENCH_README, benchmark_figures)}
 
 
