@@ -342,9 +342,9 @@ def speed_table() -> str:
         machine = r["header"][1].removeprefix("# machine: ").split(";")[0]
         rows = {x["name"]: x for x in r["rows"]}
         for x in r["rows"]:
-            kind, model, algorithm, mb = (x["name"].split("/") + [""] * 4)[:4]
-            if kind != "meta":
+            if not x["name"].startswith("meta/"):
                 continue
+            _, model, algorithm, mb = x["name"].split("/")
             if model == "darts":
                 model = f"DARTS supernet ({r['args']['darts_channels']} ch., {r['args']['darts_cells']} cells)"
             t = rows.get(f"torch/{x['name'].removeprefix('meta/')}", {})
