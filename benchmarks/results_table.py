@@ -291,7 +291,7 @@ def fewshot_table() -> str:
     """``omniglot_fewshot.py``'s meta-test accuracies (600 episodes, 95% interval)."""
     files = ["omniglot_5w1s_conv4", "omniglot_5w1s_conv4_lr",
              "omniglot_5w1s_conv4_lr_proto_2cores", "omniglot_5w1s_conv4_lr_proto_fomaml_2cores",
-             "omniglot_5w1s_darts_cpu", "omniglot_5w1s_darts_derived",
+             "omniglot_5w1s_darts_cpu_2026-12-05", "omniglot_5w1s_darts_derived",
              "omniglot_20w1s_conv4",
              "omniglot_20w1s_conv4_lr_2cores",  # its one-core run: benchmarks/LOG.md
              "omniglot_20w1s_conv4_lr_proto_2cores", "omniglot_20w1s_conv4_lr_proto_fomaml_2cores"]
