@@ -319,7 +319,7 @@ def fewshot_table() -> str:
 
 # the suite runs the speed table shows: the latest of each model and algorithm, then
 # PyTorch-only runs that show how much PyTorch's own step moves between runs
-SPEED = ("suite_conv4_maml_epyc_2026-12-04.json", "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
+SPEED = ("suite_conv4_maml_rows_out_2026-12-05.json", "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
          "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
 SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
 ALGORITHMS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile"}

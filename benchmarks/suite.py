@@ -402,7 +402,8 @@ def main(argv=None):
             save()
     footer = (f"# load average at end: {load()}; total {time.time() - t_start:.0f}s; "
               f"'+compile/1k_s' = median + compile/{AMORTIZE}; torch/jax = PyTorch median / "
-              f"JAX '+compile/1k_s'")
+              f"JAX '+compile/1k_s'; GFLOP: XLA's count for the compiled program, so the "
+              f"work of its formulation (fastconv's stride-1 form counts the rows it drops)")
     save(footer)
     rows += meta_rows + torch_rows + search_rows
     print()

@@ -9,33 +9,51 @@ import optax
 import pytest
 
 from metanas_jax.nn.conv4 import Conv4, max_pool_2x2
+from metanas_jax.nn import fastconv
 from metanas_jax.nn.fastconv import Conv, conv2d, patches, resolve_impl
 from metanas_jax.nn.ops import Norm, max_pool
+
+
+def _assert_matmul_equals_xla(conv, x, w, key, hvp_atol=1e-3):
+    """``conv(x, w, impl)`` with impl "matmul" against "xla": value, both gradients and a
+    Hessian-vector product wrt the kernel (second order, what MAML differentiates)."""
+    def f(impl):
+        return lambda w, x: jnp.sum(jnp.tanh(conv(x, w, impl)) ** 2)
+
+    np.testing.assert_allclose(conv(x, w, "matmul"), conv(x, w, "xla"), rtol=1e-4, atol=1e-4)
+    ga = jax.jit(jax.grad(f("matmul"), argnums=(0, 1)))(w, x)
+    gb = jax.jit(jax.grad(f("xla"), argnums=(0, 1)))(w, x)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    v = jax.random.normal(key, w.shape)
+    hv = lambda impl: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(f(impl))(w, x), v)))(w)
+    np.testing.assert_allclose(hv("matmul"), hv("xla"), rtol=1e-3, atol=hvp_atol)
 
 
 @pytest.mark.parametrize("stride,padding,size,kernel", [
     (1, "SAME", 5, 3), (2, "SAME", 6, 3), (2, "VALID", 5, 3), (1, "SAME", 6, 2)])
 def test_matmul_equals_xla_value_and_grads(stride, padding, size, kernel):
     """Including the even (2x2) kernel of a whitening stem, whose SAME padding is one-sided."""
-    dilation = 1
     kx, kw, kv = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (2, size, size, 3))
     w = jax.random.normal(kw, (kernel, kernel, 3, 4))
+    _assert_matmul_equals_xla(lambda x, w, impl: conv2d(x, w, stride, padding, impl), x, w, kv)
 
-    def f(impl):
-        return lambda w, x: jnp.sum(jnp.tanh(conv2d(x, w, stride, padding, impl, dilation)) ** 2)
 
-    ya = conv2d(x, w, stride, padding, "matmul", dilation)
-    yb = conv2d(x, w, stride, padding, "xla", dilation)
-    np.testing.assert_allclose(ya, yb, rtol=1e-4, atol=1e-4)
-    ga = jax.jit(jax.grad(f("matmul"), argnums=(0, 1)))(w, x)
-    gb = jax.jit(jax.grad(f("xla"), argnums=(0, 1)))(w, x)
-    for a, b in zip(ga, gb):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
-    # second order (what MAML differentiates): Hessian-vector product wrt the kernel
-    v = jax.random.normal(kv, w.shape)
-    hv = lambda impl: jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(f(impl))(w, x), v)))(w)
-    np.testing.assert_allclose(hv("matmul"), hv("xla"), rtol=1e-3, atol=1e-3)
+@pytest.mark.parametrize("size,kernel,padding,dilation", [
+    (12, 3, "SAME", 1), (6, 3, "VALID", 1), (24, 3, "SAME", 2), (25, 5, "SAME", 1), (14, 2, "SAME", 1)])
+def test_rows_out_equals_xla_to_second_order(size, kernel, padding, dilation):
+    """The stride-1 form with the kernel rows on the output side (``_rows_out``), where
+    ``conv2d`` picks it: per-task weights under vmap, odd and even kernels, dilation."""
+    c, o = 6, 5
+    assert fastconv._rows_out_pays(size, kernel, kernel, c, o, padding, dilation)
+    assert not fastconv._rows_out_pays(7, 3, 3, c, o, "SAME", 1)  # 2 dropped rows per 7 kept
+    assert not fastconv._rows_out_pays(28, 3, 3, 1, 64, "SAME", 1)  # 1-channel input: im2col
+    kx, kw, kv = jax.random.split(jax.random.PRNGKey(size + kernel), 3)
+    x = jax.random.normal(kx, (2, 2, size, size - 1, c))
+    w = jax.random.normal(kw, (2, kernel, kernel, c, o)) / kernel
+    conv = lambda x, w, impl: jax.vmap(lambda x, w: conv2d(x, w, 1, padding, impl, dilation))(x, w)
+    _assert_matmul_equals_xla(conv, x, w, kv, hvp_atol=2e-3)
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, "SAME", 1), (2, "SAME", 1), (1, "VALID", 2)])

@@ -7,6 +7,8 @@ gradient of a grouped convolution is very slow (see ``benchmarks/bench_meta.py``
 matrix: vmap turns it into a batched matmul and its gradients (weight gradient
 ``patches^T @ g``, input gradient the transpose of the patch gather) are matmuls and pads
 too, at any order of differentiation (second-order MAML differentiates through it).
+Where it pays, a stride-1 convolution applies its kernel rows on the output side instead
+(:func:`_rows_out`: tensors a third of im2col's for 3x3).
 
 ``impl="auto"`` picks ``"xla"`` on GPU/TPU (fast grouped convolutions there) and
 ``"matmul"`` on CPU, also for one network's final training: there its step is faster
@@ -97,6 +99,8 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
                              f"(groups = channels = features) convolutions, got groups={groups}, "
                              f"{x.shape[-1]} channels, {o} features")
         return _depthwise_shift_add(x, w.astype(x.dtype), stride, padding, dilation)
+    if stride == 1 and _rows_out_pays(x.shape[1], kh, kw, c, o, padding, dilation):
+        return _rows_out(x, w, padding, dilation)
     p = patches(x, (kh, kw), stride, padding, dilation)
     n, ho, wo, k = p.shape
     # a 2-D matmul, not an einsum over (n, h, w): then the weight gradient ``p^T g`` is a
@@ -107,6 +111,36 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     y = jnp.dot(p.reshape(n * ho * wo, k), w.reshape(k, o).astype(x.dtype),
                 preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
     return y.reshape(n, ho, wo, o).astype(x.dtype)
+
+
+def _rows_out_pays(h, kh, kw, c, o, padding, dilation):
+    """Whether :func:`_rows_out` beats im2col: its two tensors are smaller than the patches,
+    and the rows it computes and drops (``kh - 1`` dilated, per image) are at most a sixth
+    of those it keeps. Measured (benchmarks/LOG.md): gradient 1.2x faster at 14x14 and
+    32x32 with 64 channels, as fast at 7x7, slower at 8x8 with 256 channels."""
+    lo, hi, ho = window_pads(h, dilation * (kh - 1) + 1, 1, padding)
+    return kw * c + kh * o < kh * kw * c and 6 * (lo + hi) <= ho
+
+
+def _rows_out(x, w, padding, dilation):
+    """Stride-1 convolution with the kernel's columns gathered on the input side and its
+    rows summed on the output side: the ``kw`` column shifts of the input, concatenated
+    (``kw * C`` channels), times all ``kh`` kernel rows at once (``kh * O`` outputs), then
+    the ``kh`` row-shifted slices of that product added up. Its largest tensors hold
+    ``kw * C`` and ``kh * O`` values per pixel where im2col's patches hold ``kh * kw * C``
+    (a third for 3x3 with ``C == O``), and so do its gradients: the patch gradient and its
+    col2im, and the second-order pass over both (benchmarks/LOG.md). It computes
+    ``kh - 1`` more output rows per image than it keeps (the padded height)."""
+    kh, kw, c, o = w.shape
+    xp, (_, ho), (_, wo) = _padded(x, kh, kw, 1, padding, dilation)
+    n, hp = xp.shape[:2]
+    cols = jnp.concatenate([xp[:, :, j * dilation:j * dilation + wo] for j in range(kw)], -1)
+    rows = w.reshape(kh, kw * c, o).transpose(1, 0, 2).reshape(kw * c, kh * o)
+    z = jnp.dot(cols.reshape(n * hp * wo, kw * c), rows.astype(x.dtype),
+                preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    z = z.reshape(n, hp, wo, kh * o)
+    y = sum(z[:, i * dilation:i * dilation + ho, :, i * o:(i + 1) * o] for i in range(kh))
+    return y.astype(x.dtype)
 
 
 def _materialised_t(a: jax.Array) -> jax.Array:
