@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite import cpu_name, flops_of, load, timed  # noqa: E402
+from suite import cpu_name, flops_of, load, peak_flops, timed  # noqa: E402
 
 from metanas_jax import data, spaces  # noqa: E402
 from metanas_jax import train as T  # noqa: E402
@@ -55,13 +55,6 @@ from metanas_jax import train as T  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar"
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def peak_flops(n: int, dtype, repeats: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    return 2.0 * n ** 3 / statistics.median(timed(lambda: f(a, b), repeats))
 
 
 def counted_loops(compiled) -> int:
@@ -312,7 +305,7 @@ def main(argv=None):
     peak = {}
     if "peak" not in skip:
         for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
-            peak[name] = peak_flops(args.peak_n, dt, 7)
+            peak[name] = peak_flops(args.peak_n, dt, 7)[0]
             row({"name": f"peak/{name}", "gflops": peak[name] / 1e9, "pct_peak": 100.0})
     dtypes = [d for d in args.dtypes.split(",") if d]
     if "step" not in skip and peak:

@@ -319,7 +319,8 @@ def fewshot_table() -> str:
 
 # the suite runs the speed table shows: the latest of each model and algorithm, then
 # PyTorch-only runs that show how much PyTorch's own step moves between runs
-SPEED = ("suite_conv4_maml_rows_out_2026-12-05.json", "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
+SPEED = ("suite_conv4_maml_f32_2026-12-05.json", "suite_conv4_maml_bf16_2026-12-05.json",
+         "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
          "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
 SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
 ALGORITHMS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile"}
@@ -347,6 +348,8 @@ def speed_table() -> str:
             _, model, algorithm, mb = x["name"].split("/")
             if model == "darts":
                 model = f"DARTS supernet ({r['args']['darts_channels']} ch., {r['args']['darts_cells']} cells)"
+            elif r["args"].get("conv_impl") == "matmul_bf16":
+                model += " with bf16 operands (PyTorch: bf16 autocast)"
             t = rows.get(f"torch/{x['name'].removeprefix('meta/')}", {})
             torch = t.get("note", "").split(",")[0]
             lines.append(f"| {model}, {ALGORITHMS[algorithm]} | {mb.removeprefix('mb')} | "

@@ -6,8 +6,10 @@
     python benchmarks/suite.py --dtype bf16 --meta-batch 16,32,64   # e.g. on a GPU
 
 Rows:
-* ``peak``: the machine's measured matmul FLOP/s (an N x N matmul, median of repeats):
-  the reference for every ``%peak``.
+* ``peak/matmulN/f32``, ``peak/matmulN/bf16``: the machine's measured matmul FLOP/s (an
+  N x N matmul, float32 accumulation, median of repeats) in both precisions; the one of
+  the run (``--dtype``, or bf16 with ``--conv-impl matmul_bf16``) is the reference for
+  every ``%peak``.
 * ``meta/<model>/<algorithm>/mb<T>``: one jitted meta-step (conv4 and the DARTS supernet;
   MAML, first-order MAML, Reptile; meta-batch T): compile time (lower + compile, once),
   median step time and spread (min..max over ``--repeats`` steps after one warm-up), step
@@ -17,8 +19,9 @@ Rows:
   map over tasks (``--darts-strategy``): one compiled copy of the inner loop instead of
   one per task.
 * ``torch/conv4/maml/mb<T>``: the same second-order MAML step in PyTorch
-  (``benchmarks/torch_maml.py``); ``ratio`` = PyTorch step / JAX step (compile amortised
-  over 1,000 steps), i.e. how many times faster JAX is (skipped without torch).
+  (``benchmarks/torch_maml.py``), under bf16 autocast when ``--conv-impl matmul_bf16``
+  gives JAX's convolutions bf16 operands; ``ratio`` = PyTorch step / JAX step (compile
+  amortised over 1,000 steps), i.e. how many times faster JAX is (skipped without torch).
 * ``torch/darts/<algorithm>/mb<T>``: the same DARTS-supernet meta-step in PyTorch
   (``benchmarks/torch_darts.py``), one per DARTS algorithm benchmarked, ``--warmup``
   untimed steps as the JAX DARTS rows; ``ratio`` as for conv4.
@@ -137,12 +140,13 @@ def flops_of(compiled) -> float:
 
 
 def peak_flops(n, dtype, repeats):
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-    f = jax.jit(lambda a, b: a @ b)
+    """FLOP/s of an ``n x n`` matmul with ``dtype`` operands and float32 accumulation (how
+    bf16 dots run fast on CPUs with bf16 dot instructions), and the call times."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     ts = timed(lambda: f(a, b), repeats)
-    med = statistics.median(ts)
-    return 2.0 * n ** 3 / med, ts
+    return 2.0 * n ** 3 / statistics.median(ts), ts
 
 
 def episodes(tasks, dtype, n_way=5, k_shot=1, n_query=15, size=28):
@@ -204,6 +208,8 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
 def bench_torch(tasks, args, model="conv4", algorithm="maml"):
     name = f"torch/{model}/{algorithm}/mb{tasks}"
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    # equal precision: JAX's bf16-operand convolutions against PyTorch's bf16 autocast
+    bf16 = model == "conv4" and args.conv_impl == "matmul_bf16"
     try:
         if model == "darts":
             import torch_darts
@@ -215,12 +221,14 @@ def bench_torch(tasks, args, model="conv4", algorithm="maml"):
         else:
             import torch_maml
             r = torch_maml.bench(meta_batch=tasks, inner_steps=args.inner_steps, inner_lr=0.1,
-                                 repeats=args.torch_repeats, threads=os.cpu_count(), device=device)
+                                 repeats=args.torch_repeats, threads=os.cpu_count(), device=device,
+                                 bf16=bf16)
     except ImportError as e:
         return {"name": name, "note": f"skipped: {e}"}
     ts = r["times"]
     return {"name": name, "median_s": r["median_s"], "min_s": min(ts),
-            "max_s": max(ts), "n": len(ts), "note": f"torch {r['torch']}, {r['threads']} threads"}
+            "max_s": max(ts), "n": len(ts),
+            "note": f"torch {r['torch']}, {r['threads']} threads{', bf16 autocast' if bf16 else ''}"}
 
 
 def add_ratio(torch_row, jax_row):
@@ -304,7 +312,9 @@ def main(argv=None):
                          "of time either way; 0 saves minutes on the CPU's DARTS rows)")
     ap.add_argument("--torch-repeats", type=int, default=2)
     ap.add_argument("--torch-meta-batch", default="16", help="'' to skip PyTorch")
-    ap.add_argument("--conv-impl", default="auto", help="conv4 convolutions: auto, matmul, xla")
+    ap.add_argument("--conv-impl", default="auto",
+                    help="conv4 convolutions: auto, matmul, xla, matmul_bf16 (bf16 operands; "
+                         "PyTorch's conv4 step then runs under bf16 autocast)")
     ap.add_argument("--strategy", default="auto", help="task strategy: auto, vmap, map, unroll")
     ap.add_argument("--darts-strategy", default="",
                     help="task strategy of the DARTS rows (default: --strategy; auto maps the supernet over tasks on CPU)")
@@ -353,11 +363,18 @@ def main(argv=None):
     print("\n".join(header), flush=True)
     rows = []
     n = args.peak_n or (2048 if backend == "cpu" else 8192)
-    peak, ts = peak_flops(n, dtype, max(args.repeats, 5))
-    rows.append({"name": f"peak/matmul{n}", "median_s": statistics.median(ts), "min_s": min(ts),
-                 "max_s": max(ts), "n": len(ts), "gflop": 2 * n ** 3 / 1e9,
-                 "gflops": peak / 1e9, "pct_peak": 100.0, "note": "reference peak"})
-    print(f"# peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    peaks = {name: peak_flops(n, precision, max(args.repeats, 5))
+             for name, precision in (("f32", jnp.float32), ("bf16", jnp.bfloat16))}
+    # the run's precision, the reference of every %peak: bf16 with bf16 images or operands
+    reference = "bf16" if dtype == jnp.bfloat16 or args.conv_impl == "matmul_bf16" else "f32"
+    peak = peaks[reference][0]
+    for name, (flops, ts) in peaks.items():
+        rows.append({"name": f"peak/matmul{n}/{name}", "median_s": statistics.median(ts),
+                     "min_s": min(ts), "max_s": max(ts), "n": len(ts), "gflop": 2 * n ** 3 / 1e9,
+                     "gflops": flops / 1e9}
+                    | ({"pct_peak": 100.0, "note": "reference peak"} if name == reference
+                       else {"note": "the other precision's peak"}))
+        print(f"# peak {name} {flops / 1e9:.1f} GFLOP/s", flush=True)
     settings = []
     for model in args.models.split(","):
         for algorithm in args.algorithms.split(","):

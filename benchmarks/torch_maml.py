@@ -3,10 +3,12 @@
 Network: ``blocks`` x [conv 3x3 (no bias), batch norm on batch statistics (scale, bias),
 ReLU, 2x2 max-pool], linear head: ``nn/conv4.py`` with ``downsample="pool"``. Inner loop:
 ``inner_steps`` SGD steps per task with ``torch.autograd.grad(create_graph=True)``
-(second order); outer: mean query loss over the meta-batch, Adam. Used by
-``benchmarks/suite.py`` for the JAX/PyTorch ratio; runnable alone:
+(second order); outer: mean query loss over the meta-batch, Adam. ``--bf16``: the forward
+passes under ``torch.autocast`` with bfloat16 (convolutions and matmuls in bf16, parameters
+and the loss in float32), PyTorch's mixed precision, to set against JAX's ``matmul_bf16``
+convolutions. Used by ``benchmarks/suite.py`` for the JAX/PyTorch ratio; runnable alone:
 
-    python benchmarks/torch_maml.py --meta-batch 16 --repeats 5
+    python benchmarks/torch_maml.py --meta-batch 16 --repeats 5 [--bf16]
 """
 from __future__ import annotations
 
@@ -49,9 +51,14 @@ def forward(F, params, x, blocks):
     return F.linear(x.flatten(1), params[-2], params[-1])
 
 
-def make_step(torch, params, blocks, inner_steps, inner_lr, meta_lr):
+def make_step(torch, params, blocks, inner_steps, inner_lr, meta_lr, bf16=False):
     F = torch.nn.functional
     opt = torch.optim.Adam(params, lr=meta_lr)
+    device = params[0].device.type
+
+    def logits(p, x):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            return forward(F, p, x, blocks).float()
 
     def step(sx, sy, qx, qy):
         opt.zero_grad(set_to_none=True)
@@ -60,10 +67,10 @@ def make_step(torch, params, blocks, inner_steps, inner_lr, meta_lr):
         for i in range(t):  # tasks one after another, each graph freed after backward
             fast = list(params)
             for _ in range(inner_steps):
-                loss = F.cross_entropy(forward(F, fast, sx[i], blocks), sy[i])
+                loss = F.cross_entropy(logits(fast, sx[i]), sy[i])
                 grads = torch.autograd.grad(loss, fast, create_graph=True)
                 fast = [p - inner_lr * g for p, g in zip(fast, grads)]
-            q = F.cross_entropy(forward(F, fast, qx[i], blocks), qy[i]) / t
+            q = F.cross_entropy(logits(fast, qx[i]), qy[i]) / t
             q.backward()
             total += float(q.detach())
         opt.step()
@@ -73,7 +80,8 @@ def make_step(torch, params, blocks, inner_steps, inner_lr, meta_lr):
 
 
 def bench(meta_batch=16, n_way=5, k_shot=1, n_query=15, size=28, channels=64, blocks=4,
-          inner_steps=5, inner_lr=0.1, repeats=5, warmup=1, threads=None, device="cpu"):
+          inner_steps=5, inner_lr=0.1, repeats=5, warmup=1, threads=None, device="cpu",
+          bf16=False):
     """Median and all step times (seconds) of the second-order MAML step in PyTorch."""
     import torch
 
@@ -82,7 +90,7 @@ def bench(meta_batch=16, n_way=5, k_shot=1, n_query=15, size=28, channels=64, bl
     dev = torch.device(device)
     sx, sy, qx, qy = episodes(torch, dev, meta_batch, n_way, k_shot, n_query, size)
     params = conv4_params(torch, n_way, channels, blocks, 1, size, dev)
-    step = make_step(torch, params, blocks, inner_steps, inner_lr, 1e-3)
+    step = make_step(torch, params, blocks, inner_steps, inner_lr, 1e-3, bf16)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step(sx, sy, qx, qy)
@@ -103,10 +111,11 @@ def main(argv=None):
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="forward passes under bf16 autocast")
     a = ap.parse_args(argv)
     r = bench(meta_batch=a.meta_batch, inner_steps=a.inner_steps, repeats=a.repeats,
-              device=a.device)
-    print(f"torch {r['torch']} ({r['threads']} threads): MAML step median {r['median_s']:.4f}s "
+              device=a.device, bf16=a.bf16)
+    print(f"torch {r['torch']} ({r['threads']} threads{', bf16 autocast' if a.bf16 else ''}): MAML step median {r['median_s']:.4f}s "
           f"over {a.repeats}: {[round(t, 4) for t in r['times']]}")
 
 
