@@ -47,8 +47,10 @@ def test_rows_out_equals_xla_to_second_order(size, kernel, padding, dilation):
     ``conv2d`` picks it: per-task weights under vmap, odd and even kernels, dilation."""
     c, o = 6, 5
     assert fastconv._rows_out_pays(size, kernel, kernel, c, o, padding, dilation)
-    assert not fastconv._rows_out_pays(7, 3, 3, c, o, "SAME", 1)  # 2 dropped rows per 7 kept
-    assert not fastconv._rows_out_pays(28, 3, 3, 1, 64, "SAME", 1)  # 1-channel input: im2col
+    # where im2col stays: dot-bound (2 dropped rows per 7 or 8 kept) or one input channel
+    assert not fastconv._rows_out_pays(7, 3, 3, 64, 64, "SAME", 1)
+    assert not fastconv._rows_out_pays(8, 3, 3, 256, 256, "SAME", 1)
+    assert not fastconv._rows_out_pays(28, 3, 3, 1, 64, "SAME", 1)
     kx, kw, kv = jax.random.split(jax.random.PRNGKey(size + kernel), 3)
     x = jax.random.normal(kx, (2, 2, size, size - 1, c))
     w = jax.random.normal(kw, (2, kernel, kernel, c, o)) / kernel

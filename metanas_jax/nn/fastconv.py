@@ -113,13 +113,23 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: str = "SAME",
     return y.reshape(n, ho, wo, o).astype(x.dtype)
 
 
+# what writing and reading one more value of a memory-bound tensor costs on a CPU, in
+# multiply-adds of a matmul (fitted to the layer timings in benchmarks/LOG.md, rounded down)
+_MACS_PER_VALUE = 75
+
+
 def _rows_out_pays(h, kh, kw, c, o, padding, dilation):
-    """Whether :func:`_rows_out` beats im2col: its two tensors are smaller than the patches,
-    and the rows it computes and drops (``kh - 1`` dilated, per image) are at most a sixth
-    of those it keeps. Measured (benchmarks/LOG.md): gradient 1.2x faster at 14x14 and
-    32x32 with 64 channels, as fast at 7x7, slower at 8x8 with 256 channels."""
-    lo, hi, ho = window_pads(h, dilation * (kh - 1) + 1, 1, padding)
-    return kw * c + kh * o < kh * kw * c and 6 * (lo + hi) <= ho
+    """Whether :func:`_rows_out` beats im2col for a stride-1 ``kh x kw`` convolution of
+    ``h``-row images: it writes ``(kw * C + kh * O) * (1 + extra)`` values per output pixel
+    instead of the patches' ``kh * kw * C``, and does ``extra`` more multiply-adds, where
+    ``extra`` is the share of rows it computes and drops (``dilation * (kh - 1)`` per
+    image). Measured (gradients, benchmarks/LOG.md): 1.2x faster at 14x14 and 32x32 with 64
+    channels, 1.8x at 8x8 with 32, as fast at 7x7 with 64 and at 8x8 with 128, slower at 8x8
+    with 256 channels and with one input channel, which this model all reproduces."""
+    ho = window_pads(h, dilation * (kh - 1) + 1, 1, padding)[2]
+    extra = dilation * (kh - 1) / ho
+    saved = kh * kw * c - (1 + extra) * (kw * c + kh * o)
+    return saved * _MACS_PER_VALUE > kh * kw * c * o * extra
 
 
 def _rows_out(x, w, padding, dilation):
