@@ -140,11 +140,11 @@ def _rows_out(x, w, padding, dilation):
     ``kw * C`` and ``kh * O`` values per pixel where im2col's patches hold ``kh * kw * C``
     (a third for 3x3 with ``C == O``), and so do its gradients: the patch gradient and its
     col2im, and the second-order pass over both (benchmarks/LOG.md). It computes
-    ``kh - 1`` more output rows per image than it keeps (the padded height)."""
+    ``dilation * (kh - 1)`` more output rows per image than it keeps (the padded height)."""
     kh, kw, c, o = w.shape
     xp, (_, ho), (_, wo) = _padded(x, kh, kw, 1, padding, dilation)
     n, hp = xp.shape[:2]
-    cols = jnp.concatenate([xp[:, :, j * dilation:j * dilation + wo] for j in range(kw)], -1)
+    cols = jnp.concatenate(_taps(xp, hp, wo, 1, kw, 1, dilation), -1)  # one row of taps
     rows = w.reshape(kh, kw * c, o).transpose(1, 0, 2).reshape(kw * c, kh * o)
     z = jnp.dot(cols.reshape(n * hp * wo, kw * c), rows.astype(x.dtype),
                 preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
