@@ -155,9 +155,11 @@ def conv4_learner(num_classes: int, channels: int = 64, downsample: str = "pool"
     """The fixed-architecture baseline: the standard 4-layer conv net."""
     module = Conv4(num_classes, channels=channels, blocks=blocks, downsample=downsample,
                    conv_impl=conv_impl)
-    # matmul convolutions vmap well; per-task lax.conv weights are slow grouped convs on CPU
+    # CPU: matmul convolutions run one task at a time (lax.map: 2-D dots on cache-sized
+    # tensors, 25-35% faster steps than vmap's batched dots: benchmarks/LOG.md "Tasks one at
+    # a time"); lax.conv ones unrolled (vmapped per-task weights make slow grouped convs)
     return Learner(module, None,
-                   cpu_strategy="vmap" if resolve_impl(conv_impl).startswith("matmul") else "unroll",
+                   cpu_strategy="map" if resolve_impl(conv_impl).startswith("matmul") else "unroll",
                    recipe={"kind": "conv4", "num_classes": int(num_classes), "channels": int(channels),
                            "downsample": downsample, "conv_impl": conv_impl, "blocks": int(blocks)})
 
