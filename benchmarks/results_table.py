@@ -319,10 +319,12 @@ def fewshot_table() -> str:
 
 # the suite runs the speed table shows: the latest of each model and algorithm, then
 # PyTorch-only runs that show how much PyTorch's own step moves between runs
-SPEED = ("suite_conv4_maml_f32_2026-12-05.json", "suite_conv4_maml_bf16_2026-12-05.json",
+SPEED = ("suite_conv4_f32_map_2026-12-05.json", "suite_conv4_maml_bf16_map_2026-12-05.json",
          "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
          "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
 SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
+# other runs of rows the table shows, with their PyTorch step: how far the ratio moves
+SPEED_OTHER_RUNS = ("suite_conv4_maml_f32_map_2026-12-05.json",)
 ALGORITHMS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile"}
 
 
@@ -330,14 +332,23 @@ def _spread(x: dict) -> str:
     return f"{x['median_s']:.1f} s ({x['min_s']:.1f}-{x['max_s']:.1f})"
 
 
+def _pct_peak(x: dict) -> str:
+    """The step's share of the run's matmul peak in its precision (XLA's FLOP count), or
+    '-' where that count misses loop bodies (a lower bound is no figure to print)."""
+    return "-" if "lower bound" in x.get("strategy", "") else f"{x['pct_peak']:.0f}%"
+
+
 def speed_table() -> str:
     """benchmarks/README.md's block: suite.py's meta-step rows against PyTorch in the same run."""
     lines = ["Meta-step time, JAX against PyTorch (CPU, 2 threads) in the same run "
              "(`benchmarks/suite.py`: 5-way 1-shot 28x28 episodes, 15 queries, 5 inner steps; "
              "each file holds its command and load). PyTorch / JAX: PyTorch's median step over "
-             "JAX's with its compile spread over 1,000 steps.", "",
+             "JAX's with its compile spread over 1,000 steps. % of peak: XLA's FLOP count of the "
+             "compiled step (the work of its formulation) per second, over the matmul peak "
+             "measured in the same run in the step's precision ('-' where loops hide work).", "",
              "| meta-step | meta-batch | machine, PyTorch | JAX compile | JAX step, median (range) "
-             "| PyTorch step | PyTorch / JAX | result file |", "|---|---|---|---|---|---|---|---|"]
+             "| JAX, % of peak | PyTorch step | PyTorch / JAX | result file |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in SPEED:
         r = json.loads((RESULTS / name).read_text())
         machine = r["header"][1].removeprefix("# machine: ").split(";")[0]
@@ -354,7 +365,8 @@ def speed_table() -> str:
             torch = t.get("note", "").split(",")[0]
             lines.append(f"| {model}, {ALGORITHMS[algorithm]} | {mb.removeprefix('mb')} | "
                          f"{machine}{'; ' + torch if torch else ''} | "
-                         f"{x['compile_s']:.1f} s | {_spread(x)} | {_spread(t) if t else '-'} | "
+                         f"{x['compile_s']:.1f} s | {_spread(x)} | {_pct_peak(x)} | "
+                         f"{_spread(t) if t else '-'} | "
                          f"{'**%.2f**' % t['ratio'] if 'ratio' in t else '-'} | `{name}` |")
     for name in SPEED_TORCH_ONLY:
         r = json.loads((RESULTS / name).read_text())
@@ -363,6 +375,14 @@ def speed_table() -> str:
         lines += ["", f"PyTorch's DARTS step alone, another run on the same machine (`{name}`): "
                   + "; ".join(runs) + ". Its step moves between runs far more than JAX's; the "
                   "ratios above hold for their own run (history and readings: `benchmarks/LOG.md`)."]
+    for name in SPEED_OTHER_RUNS:
+        r = json.loads((RESULTS / name).read_text())
+        rows = {x["name"]: x for x in r["rows"]}
+        runs = [f"{x['name'].removeprefix('meta/')}: JAX {_spread(x)}, PyTorch "
+                f"{_spread(rows[t])}, ratio {rows[t]['ratio']:.2f}"
+                for x in r["rows"] if x["name"].startswith("meta/")
+                and "ratio" in rows.get(t := "torch/" + x["name"].removeprefix("meta/"), {})]
+        lines += ["", f"Another run of the same rows (`{name}`): " + "; ".join(runs) + "."]
     return "\n".join(lines)
 
 
