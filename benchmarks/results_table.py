@@ -294,7 +294,8 @@ def fewshot_table() -> str:
              "omniglot_5w1s_darts_cpu_2026-12-05", "omniglot_5w1s_darts_derived",
              "omniglot_20w1s_conv4",
              "omniglot_20w1s_conv4_lr_2cores",  # its one-core run: benchmarks/LOG.md
-             "omniglot_20w1s_conv4_lr_proto_2cores", "omniglot_20w1s_conv4_lr_proto_fomaml_2cores"]
+             "omniglot_20w1s_conv4_lr_proto_2cores",
+             "omniglot_20w1s_conv4_lr_proto_fomaml_map_2026-12-05"]  # tasks mapped; earlier run: LOG
     rows = []
     for name in files:
         path = RESULTS / f"{name}.json"

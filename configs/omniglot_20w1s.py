@@ -31,8 +31,8 @@ def get_config(model: str = "conv4") -> ml_collections.ConfigDict:
         # meta-learned head; on 2 cores 95.50% after 10,000 steps in 61 min, against 94.43%
         # after 16,000 steps in 115 min (benchmarks/LOG.md, "Where the classifier starts").
         # From the prototypes the support set is already fit, so the second-order term adds
-        # nothing: first-order MAML gave 95.38% after the same 10,000 steps in 36 min on 2
-        # cores (0.43 s a step on one idle core: about 72 min there).
+        # nothing: first-order MAML gave 95.43% after the same 10,000 steps in 24 min on 2
+        # cores (tasks mapped; 36 min when they were vmapped, benchmarks/LOG.md).
         _base.set_lr_recipe(c, steps=10000)
         c.meta.head_init = "proto"
         c.meta.algorithm = "fomaml"
