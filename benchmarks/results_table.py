@@ -378,11 +378,12 @@ def speed_table() -> str:
                   "ratios above hold for their own run (history and readings: `benchmarks/LOG.md`)."]
     for name in SPEED_OTHER_RUNS:
         r = json.loads((RESULTS / name).read_text())
-        rows = {x["name"]: x for x in r["rows"]}
-        runs = [f"{x['name'].removeprefix('meta/')}: JAX {_spread(x)}, PyTorch "
-                f"{_spread(rows[t])}, ratio {rows[t]['ratio']:.2f}"
-                for x in r["rows"] if x["name"].startswith("meta/")
-                and "ratio" in rows.get(t := "torch/" + x["name"].removeprefix("meta/"), {})]
+        rows, runs = {x["name"]: x for x in r["rows"]}, []
+        for x in r["rows"]:
+            row = x["name"].removeprefix("meta/")
+            t = rows.get(f"torch/{row}", {})
+            if x["name"].startswith("meta/") and "ratio" in t:
+                runs.append(f"{row}: JAX {_spread(x)}, PyTorch {_spread(t)}, ratio {t['ratio']:.2f}")
         lines += ["", f"Another run of the same rows (`{name}`): " + "; ".join(runs) + "."]
     return "\n".join(lines)
 

@@ -194,11 +194,13 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     flops, strategy = flops_of(compiled), meta.resolve_strategy(cfg.strategy, learner.cpu_strategy)
-    note = "; loop bodies counted once: FLOPs, GFLOP/s, %peak are lower bounds"
-    if has_loops(compiled) and strategy == "map" and n_dev == 1:
-        flops, note = work_of_vmapped(learner, cfg, state, batch, flops, note)
-    elif not has_loops(compiled):
-        note = ""
+    note = ""
+    if has_loops(compiled):
+        vmapped = (work_of_vmapped(learner, cfg, state, batch)
+                   if strategy == "map" and n_dev == 1 else None)
+        flops, note = ((flops, "; loop bodies counted once: FLOPs, GFLOP/s, %peak are lower bounds")
+                       if vmapped is None else
+                       (vmapped, "; FLOPs counted on the same step with tasks vmapped"))
     ts = timed(lambda: compiled(state, batch)[1], args.repeats, args.warmup)
     med = statistics.median(ts)
     return {"name": f"meta/{model}/{algorithm}/mb{tasks}", "compile_s": compile_s,
@@ -208,14 +210,12 @@ def bench_meta(model, algorithm, tasks, args, peak, dtype):
             "strategy": strategy + note}
 
 
-def work_of_vmapped(learner, cfg, state, batch, flops, note):
-    """The FLOPs of a step whose tasks run in a ``lax.map``: XLA counts that loop's body
-    once, so count the same step with tasks vmapped (the same arithmetic), provided that
-    program has no loop of its own; else keep ``flops`` and ``note`` (a lower bound)."""
+def work_of_vmapped(learner, cfg, state, batch) -> float | None:
+    """The FLOPs of a step whose tasks run in a ``lax.map``, which XLA counts once: those
+    of the same step with tasks vmapped (the same arithmetic), or None if that program
+    keeps a loop of its own (its count would be a lower bound too)."""
     lowered = meta.make_meta_step(learner, cfg.replace(strategy="vmap")).lower(state, batch)
-    if "while" in lowered.as_text():
-        return flops, note
-    return flops_of(lowered.compile()), "; FLOPs counted on the same step with tasks vmapped"
+    return None if "while" in lowered.as_text() else flops_of(lowered.compile())
 
 
 def bench_torch(tasks, args, model="conv4", algorithm="maml"):
