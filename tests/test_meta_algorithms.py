@@ -373,3 +373,34 @@ def test_supernet_programs_compile_at_llvm_o1_on_cpu_with_the_default_result(mon
     default_test = meta.make_adapt_and_score(other, cfg)(a.params, a.arch, tasks)
     for x, y in zip(fast_test, default_test):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_second_order_supernet_step_drops_the_edge_remat_with_the_same_gradient():
+    """Second-order MAML through the supernet's rolled, checkpointed inner loop runs the
+    network without its own edge rematerialisation (a speed choice): same meta-gradient,
+    one checkpoint (the inner step's) in the program instead of one per edge scan too."""
+    space = spaces.get("darts", nodes=2, primitives=("none", "skip_connect", "max_pool_3x3",
+                                                     "sep_conv_3x3"))
+    learner = meta.supernet_learner(space, 3, channels=4, cells=1)
+    assert learner.module.remat and not learner.without_remat().module.remat
+    fixed = tiny_conv4()
+    assert fixed.without_remat() is fixed  # no remat field: unchanged
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    sx, qx = jax.random.normal(k[0], (3, 8, 8, 1)), jax.random.normal(k[1], (6, 8, 8, 1))
+    sy, qy = jnp.arange(3), jnp.arange(6) % 3
+    params, z = learner.init(k[2], sx)
+    cfg = meta.MetaConfig(algorithm="maml", inner_steps=2, inner_lr=0.1,
+                          arch_update="alternating", arch_inner_lr=0.1)
+    got, want = (jax.jit(lambda p, a, lr=lr: meta.task_meta_gradient(
+        lr, cfg, p, a, sx, sy, qx, qy, True)[:2])(params, z)
+        for lr in (learner.without_remat(), learner))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    batch = data.TaskBatch(sx[None], sy[None], qx[None], qy[None])
+    remats = {}
+    for algorithm in ("maml", "fomaml"):
+        c = cfg.replace(algorithm=algorithm)
+        state = meta.init_state(learner, c, k[3], sx)
+        jaxpr = jax.make_jaxpr(meta.make_meta_step(learner, c, jit=False))(state, batch)
+        remats[algorithm] = str(jaxpr).count("remat2[")
+    assert remats["maml"] == 1 and remats["fomaml"] > 1, remats

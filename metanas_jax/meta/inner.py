@@ -60,6 +60,22 @@ def init_head(learner, cfg: MetaConfig, params, z, x, y, temperature=1.0):
     return {**params, "head": new}
 
 
+def scan_unroll(learner, cfg: MetaConfig, steps: int) -> int:
+    """How many inner steps one iteration of the inner scan runs: ``cfg.scan_unroll``, or
+    for ``"auto"`` 1 for a supernet (rolled) and all of them for a fixed network."""
+    return cfg.scan_unroll if cfg.scan_unroll != "auto" else (1 if learner.searches else steps)
+
+
+def checkpoints_steps(learner, cfg: MetaConfig, first_order: bool = False,
+                      steps: int | None = None) -> bool:
+    """Whether :func:`adapt` rematerialises each inner step: when it is differentiated to
+    second order through a rolled loop, each step is recomputed in the backward pass
+    instead of the loop stacking all its residuals (the DARTS supernet's second-order step
+    compiles in 180 s instead of 236 s and runs 16% faster, benchmarks/LOG.md)."""
+    steps = cfg.inner_steps if steps is None else int(steps)
+    return not first_order and scan_unroll(learner, cfg, steps) < steps
+
+
 def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
           arch_active=True, lrs=None, first_order: bool = False):
     """``steps`` (default ``cfg.inner_steps``) task-optimiser steps on ``(x, y)``.
@@ -113,11 +129,8 @@ def adapt(learner, cfg: MetaConfig, params, z, x, y, steps: int | None = None,
 
     params = init_head(learner, cfg, params, z, x, y, float(cfg.temperatures(steps)[0]))
     carry = (params, z, w_opt.init(params), a_opt.init(z))
-    unroll = cfg.scan_unroll if cfg.scan_unroll != "auto" else (1 if learner.searches else steps)
-    if not first_order and unroll < steps:
-        # differentiated through a rolled loop, each step is recomputed in the backward pass
-        # instead of stacking all its residuals: the DARTS supernet's second-order step
-        # compiles in 180 s instead of 236 s and runs 16% faster (benchmarks/LOG.md)
+    if checkpoints_steps(learner, cfg, first_order, steps):
         body = jax.checkpoint(body)
-    (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on), unroll=unroll)
+    (params, z, _, _), losses = jax.lax.scan(body, carry, (temps, arch_on),
+                                             unroll=scan_unroll(learner, cfg, steps))
     return params, z, losses

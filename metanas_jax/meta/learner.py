@@ -60,6 +60,14 @@ class Learner:
             return dict(SUPERNET_CPU_COMPILER_OPTIONS)
         return None
 
+    def without_remat(self) -> "Learner":
+        """This learner with its module's own rematerialisation off (a module field
+        ``remat``, e.g. the DARTS supernet's edges), for a program that already
+        checkpoints a larger unit around the network. The same function and parameters."""
+        if not getattr(self.module, "remat", False):
+            return self
+        return dataclasses.replace(self, module=self.module.clone(remat=False))
+
     def init(self, key: jax.Array, x: jax.Array):
         """``(params, z)``: network weights and the architecture encoding (DARTS-style
         small random alphas; ``(0,)``-shaped for a fixed network)."""

@@ -70,7 +70,8 @@ class MixedEdge(nn.Module):
     (``benchmarks/bench_darts_compile.py``). The step is rematerialised (``nn.remat``):
     the backward pass recomputes an edge's ops from its input instead of the scan stacking
     every intermediate of every primitive (fewer ops, a faster gradient and compilation on
-    CPU)."""
+    CPU), unless the supernet says ``remat=False`` (a second-order meta-step, whose
+    checkpointed inner steps recompute the whole network anyway)."""
 
     primitives: tuple[str, ...]
     channels: int
@@ -103,6 +104,7 @@ class DartsCell(nn.Module):
     reduction_prev: bool
     track: bool
     dtype: jnp.dtype | None = None
+    remat: bool = True  # rematerialise each mixed edge (MixedEdge); supernet cells only
 
     @nn.compact
     def __call__(self, s0, s1, edge_ops, train=True):
@@ -144,7 +146,7 @@ class DartsCell(nn.Module):
             dst = np.array([self.space.edges[e][0] for e in ids], np.int32) + 2 - first
             from_carry = stride == 1
             edge = (weights[np.array(ids)], src_i - first if from_carry else src_i, dst)
-            scan = nn.scan(nn.remat(MixedEdge),
+            scan = nn.scan(nn.remat(MixedEdge) if self.remat else MixedEdge,
                            variable_axes={"params": 0, "batch_stats": 0, NORM_STATS: 0},
                            split_rngs={"params": True}, in_axes=(0, nn.broadcast), length=len(ids))
             buf, _ = scan(self.space.primitives, self.channels, stride, from_carry, self.track,
@@ -163,6 +165,9 @@ class _DartsBody(nn.Module):
     stem_stride: int = 1
     track: bool = False
     dtype: jnp.dtype | None = None
+    # the supernet's edges are rematerialised (MixedEdge) unless a larger checkpoint
+    # around the network already recomputes them (meta.Learner.without_remat)
+    remat: bool = True
 
     def run(self, x, cell_edge_ops, train):
         """``cell_edge_ops(reduction) -> edge_ops`` for each cell."""
@@ -179,7 +184,7 @@ class _DartsBody(nn.Module):
             if reduction:
                 c *= 2
             out = DartsCell(self.space, c, reduction, reduction_prev, self.track, self.dtype,
-                            name=f"cell{i}")(s0, s1, cell_edge_ops(reduction), train)
+                            self.remat, name=f"cell{i}")(s0, s1, cell_edge_ops(reduction), train)
             s0, s1, reduction_prev = s1, out, reduction
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(jnp.mean(s1, axis=(1, 2)))
 
