@@ -280,7 +280,9 @@ def _fewshot_label(r: dict) -> str:
             net += ", in two stages (search, then the derived cell)"
     rates = ", learned inner rates" if m.get("learn_inner_lr") else ""
     head = {"proto": ", prototype head", "zero": ", zero head"}.get(m.get("head_init", "meta"), "")
-    return f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}{rates}{head}"
+    bf16 = ", bf16 operands" if model.get("conv_impl") == "matmul_bf16" else ""
+    return (f"Omniglot {d['n_way']}-way {d['k_shot']}-shot, {net}, {m['algorithm'].upper()}"
+            f"{rates}{head}{bf16}")
 
 
 def _cores(n) -> str:
@@ -291,6 +293,9 @@ def fewshot_table() -> str:
     """``omniglot_fewshot.py``'s meta-test accuracies (600 episodes, 95% interval)."""
     files = ["omniglot_5w1s_conv4", "omniglot_5w1s_conv4_lr",
              "omniglot_5w1s_conv4_lr_proto_2cores", "omniglot_5w1s_conv4_lr_proto_fomaml_2cores",
+             # the same at 6,000 steps, float32 against bf16 operands (issue 25 item 1)
+             "omniglot_5w1s_conv4_lr_proto_fomaml_6k_f32_2026-12-05",
+             "omniglot_5w1s_conv4_lr_proto_fomaml_6k_bf16_2026-12-05",
              "omniglot_5w1s_darts_cpu_2026-12-05", "omniglot_5w1s_darts_derived",
              "omniglot_20w1s_conv4",
              "omniglot_20w1s_conv4_lr_2cores",  # its one-core run: benchmarks/LOG.md
@@ -322,7 +327,7 @@ def fewshot_table() -> str:
 # PyTorch-only runs that show how much PyTorch's own step moves between runs
 SPEED = ("suite_conv4_f32_map_2026-12-05.json", "suite_conv4_maml_bf16_map_2026-12-05.json",
          "suite_darts_vs_torch_mb16_pool_slices_2026-12-04.json",
-         "suite_darts_maml_mb16_pool_slices_2026-12-04.json")
+         "suite_darts_maml_mb16_no_edge_remat_2026-12-05.json")
 SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
 # other runs of rows the table shows, with their PyTorch step: how far the ratio moves
 SPEED_OTHER_RUNS = ("suite_conv4_maml_f32_map_2026-12-05.json",)
