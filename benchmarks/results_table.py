@@ -296,6 +296,7 @@ def fewshot_table() -> str:
              # the same at 6,000 steps, float32 against bf16 operands (issue 25 item 1)
              "omniglot_5w1s_conv4_lr_proto_fomaml_6k_f32_2026-12-05",
              "omniglot_5w1s_conv4_lr_proto_fomaml_6k_bf16_2026-12-05",
+             "omniglot_5w1s_conv4_lr_proto_fomaml_map_18k_2026-12-06",  # tasks mapped
              "omniglot_5w1s_darts_cpu_2026-12-05", "omniglot_5w1s_darts_derived",
              "omniglot_20w1s_conv4",
              "omniglot_20w1s_conv4_lr_2cores",  # its one-core run: benchmarks/LOG.md
