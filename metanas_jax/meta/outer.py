@@ -88,7 +88,7 @@ def make_meta_step(learner, cfg: MetaConfig, jit: bool = True, mesh=None, axis: 
     """
     if cfg.query_norm == "support":
         learner.check_norm_from_other_images()
-    if cfg.algorithm == "maml" and checkpoints_steps(learner, cfg):
+    if checkpoints_steps(learner, cfg, first_order=cfg.algorithm != "maml"):
         # the backward pass recomputes each inner step, the whole network with it: the
         # network's own rematerialisation would recompute its parts once more (DARTS
         # supernet, second order: step 21% faster, compile 13%; benchmarks/LOG.md)
