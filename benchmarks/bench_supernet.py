@@ -81,6 +81,38 @@ def eval_timing(space, hard, n, x, y, steps=30, xv=None, yv=None):
     return first, n / (ev.stats["seconds"] - first), ev.stats["compilations"]
 
 
+def compact_timing(space, n, x, y, steps, xv, yv):
+    """The alternative to one program for all: each candidate's compact network
+    (``nn.build``, batch statistics as in the supernet) trained by the same loop as
+    ``make_evaluate_fn``'s, compiled for that candidate. Returns (seconds per candidate
+    with its compilation, seconds per candidate once compiled)."""
+    opt = optax.adam(TrainConfig().lr)
+    zs = np.asarray(space.sample(jax.random.key(2), n))
+    first, again = [], []
+    for i, z in enumerate(zs):
+        net = mnn.build(space, space.decode(z), 10, track=False)
+
+        @jax.jit
+        def run(params):
+            def step(carry, _):
+                p, s = carry
+                g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+                    net.apply({"params": p}, x, train=True), y).mean())(p)
+                u, s = opt.update(g, s, p)
+                return (optax.apply_updates(p, u), s), None
+
+            (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+            return jnp.mean(jnp.argmax(net.apply({"params": params}, xv, train=True), -1) == yv)
+
+        for out in (first, again):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(mnn.init(net, jax.random.key(i), x)["params"]))
+            out.append(time.perf_counter() - t0)
+        print(f"  compact candidate {i}: {first[-1]:.2f}s with its compilation, "
+              f"{again[-1]:.2f}s again", flush=True)
+    return float(np.mean(first)), float(np.mean(again))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="toy", choices=sorted(PRESETS))
@@ -91,6 +123,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5, help="timed training steps")
     ap.add_argument("--train-steps", type=int, default=30, help="training steps of an evaluated candidate")
     ap.add_argument("--evals", type=int, default=8, help="candidates per timed evaluate call (0: skip)")
+    ap.add_argument("--compact", type=int, default=0,
+                    help="also train this many candidates as compact networks, one compilation each")
     ap.add_argument("--out", default="", help="JSON file for the rows (with command and machine)")
     args = ap.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_supernet.py", *sys.argv[1:]])
@@ -118,6 +152,13 @@ def main(argv=None):
                 print(f"  make_evaluate_fn steps={args.train_steps}: first call (compile + {args.evals} "
                       f"candidates) {first:.1f}s, then {rate:.2f} candidates/s; training-program "
                       f"compilations {comp}  load {os.getloadavg()[0]:.2f}", flush=True)
+            if args.compact:
+                first, again = compact_timing(space, args.compact, x, y, args.train_steps, xv, yv)
+                row.update(compact_first_s=first, compact_run_s=again,
+                           compact_evals_per_s=1 / first, compact_evals_per_s_compiled=1 / again)
+                print(f"  compact networks, {args.compact} candidates: {first:.2f}s each with its "
+                      f"compilation ({1 / first:.2f}/s), {again:.2f}s once compiled "
+                      f"({1 / again:.2f}/s)  load {os.getloadavg()[0]:.2f}", flush=True)
             rows.append(row)
     if args.out:
         write_json(Path(args.out), {

@@ -147,3 +147,24 @@ def test_pool_before_norm_supernet_records_stats_per_resolution():
     assert {"mean", "var", "mean_pooled", "var_pooled"} <= names
     replayed = sup.apply({**variables, NORM_STATS: rec[NORM_STATS]}, X, w, train=True)
     np.testing.assert_allclose(replayed, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="lax.conv is the choice on GPU/TPU")
+def test_no_lax_conv_in_any_network_gradient_on_cpu(case):
+    """On CPU every convolution goes through fastconv: ``lax.conv``'s gradient runs 4-100x
+    slower inside the loops that train candidates, tasks and the evaluator
+    (benchmarks/bench_conv_in_loop.py)."""
+    from metanas_jax.search.evaluator import ImageSetEncoder
+
+    space, kw, sup, variables, _ = case
+    w = space.relax(space.sample(jax.random.key(0), 1)[0], 1.0)
+    net = mnn.build(space, space.decode(space.sample(jax.random.key(3), 1)[0]), 5, track=False, **kw)
+    compact = mnn.init(net, jax.random.key(4), X)
+    enc = ImageSetEncoder(8)
+    y = jnp.arange(6) % 3
+    enc_vars = enc.init(jax.random.key(5), X, y)
+    losses = {"supernet": (lambda v: jnp.sum(sup.apply(v, X, w, train=True)), variables),
+              "compact": (lambda v: jnp.sum(net.apply(v, X, train=True)), compact),
+              "evaluator encoder": (lambda v: jnp.sum(enc.apply(v, X, y)), enc_vars)}
+    for name, (loss, v) in losses.items():
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(loss))(v)), name

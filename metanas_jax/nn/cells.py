@@ -293,7 +293,7 @@ class ResidualReduce(nn.Module):
         y = ConvBN(self.channels, 3, pre_relu=True, track=self.track, dtype=self.dtype, name="a")(x, 2, train)
         y = ConvBN(self.channels, 3, pre_relu=True, track=self.track, dtype=self.dtype, name="b")(y, 1, train)
         short = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        short = nn.Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, name="shortcut")(short)
+        short = Conv(self.channels, 1, use_bias=False, dtype=self.dtype, name="shortcut")(short)
         return y + short
 
 
@@ -307,7 +307,7 @@ class _NB201Body(nn.Module):
 
     def run(self, x, edge_ops, train):
         c = self.channels
-        x = nn.Conv(c, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem")(x)
+        x = Conv(c, 3, use_bias=False, dtype=self.dtype, name="stem")(x)
         x = Norm(self.track, name="stem_norm")(x, train)
         for stage in range(3):
             if stage:

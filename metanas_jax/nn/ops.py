@@ -89,14 +89,15 @@ class Norm(nn.Module):
 
 def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None, impl=None,
          bias=False):
-    """A SAME convolution (without bias unless ``bias``), ``nn.Conv``'s parameters either way. ``impl``
-    (``"auto"``, ``"xla"``, ``"matmul"``: :func:`~metanas_jax.nn.fastconv.conv2d`) forces
-    one implementation for every kernel; ``None`` picks per kernel as follows. 1x1 and
-    depthwise ones are :class:`~metanas_jax.nn.fastconv.Conv`: ``lax.conv`` on GPU/TPU; on
-    CPU a 1x1 convolution is one matmul and a depthwise one shifted multiply-adds (5x faster
-    than ``lax.conv``'s feature groups there, gradient included), and both stay fast under
-    ``vmap`` over per-task weights, where ``lax.conv`` becomes a slow grouped convolution."""
-    if impl is not None or kernel == 1 and groups == 1 or groups > 1 and groups == features:
+    """A SAME convolution (without bias unless ``bias``) with ``nn.Conv``'s parameters:
+    :class:`~metanas_jax.nn.fastconv.Conv`, whose ``impl`` (default ``"auto"``) is
+    ``lax.conv`` on GPU/TPU and im2col matmuls, shifted multiply-adds for depthwise, on
+    CPU. Why not ``lax.conv`` on CPU: its gradient is slow there, 5-100x slower again inside
+    a loop (a ``lax.scan`` of training steps, ``lax.map`` over candidates or tasks;
+    ``benchmarks/bench_conv_in_loop.py``), and under ``vmap`` over per-task weights it
+    becomes a slow grouped convolution. Grouped convolutions other than depthwise keep
+    ``nn.Conv`` unless ``impl`` is given."""
+    if impl is not None or groups == 1 or groups == features:
         return Conv(features, kernel, stride, use_bias=bias, dilation=dilation, groups=groups,
                     dtype=dtype, name=name, impl=impl or "auto")
     return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=dilation,

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metanas_jax.nn.fastconv import Conv
 from metanas_jax.spaces.base import SearchSpace
 
 log = logging.getLogger("metanas_jax")
@@ -94,8 +95,8 @@ class ImageSetEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, y):
         x = jnp.asarray(x, jnp.float32)
-        h = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
-        h = nn.relu(nn.Conv(self.features, (3, 3), strides=2)(h))
+        h = nn.relu(Conv(16, 3, stride=2)(x))
+        h = nn.relu(Conv(self.features, 3, stride=2)(h))
         h = nn.Dense(self.features)(jnp.mean(h, axis=(1, 2)))                # (S, F)
         onehot = jax.nn.one_hot(y, self.max_classes)                          # (S, K)
         counts = onehot.sum(0)
