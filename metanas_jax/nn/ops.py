@@ -92,7 +92,7 @@ def conv(features, kernel, stride=1, dilation=1, groups=1, name=None, dtype=None
     """A SAME convolution (without bias unless ``bias``) with ``nn.Conv``'s parameters:
     :class:`~metanas_jax.nn.fastconv.Conv`, whose ``impl`` (default ``"auto"``) is
     ``lax.conv`` on GPU/TPU and im2col matmuls, shifted multiply-adds for depthwise, on
-    CPU. Why not ``lax.conv`` on CPU: its gradient is slow there, 5-100x slower again inside
+    CPU. Why not ``lax.conv`` on CPU: its gradient is slow there, 4-100x slower again inside
     a loop (a ``lax.scan`` of training steps, ``lax.map`` over candidates or tasks;
     ``benchmarks/bench_conv_in_loop.py``), and under ``vmap`` over per-task weights it
     becomes a slow grouped convolution. Grouped convolutions other than depthwise keep
