@@ -30,6 +30,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metanas_jax.nn.fastconv import conv2d  # noqa: E402
+from suite import timed  # noqa: E402
 from transfer_comparison import machine, write_json  # noqa: E402
 
 # (what it stands for, images, side, in channels, out channels, kernel, stride)
@@ -43,16 +44,6 @@ SHAPES = (
 )
 
 
-def timed(f, arg, repeats):
-    jax.block_until_ready(f(arg))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(arg))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def measure(n, side, c, o, k, stride, impl, repeats):
     key = jax.random.key(0)
     x = jax.random.normal(key, (n, side, side, c))
@@ -64,8 +55,9 @@ def measure(n, side, c, o, k, stride, impl, repeats):
                           argnums=(0, 1))(w, x)
         return (x - 1e-3 * gx, w - 1e-3 * gw), None
 
-    alone = timed(jax.jit(lambda c: step(c)[0]), (x, w), repeats)
-    looped = timed(jax.jit(lambda c: jax.lax.scan(step, c, None, length=2)[0]), (x, w), repeats)
+    one, two = jax.jit(lambda c: step(c)[0]), jax.jit(lambda c: jax.lax.scan(step, c, None, length=2)[0])
+    alone = statistics.median(timed(lambda: one((x, w)), repeats))
+    looped = statistics.median(timed(lambda: two((x, w)), repeats))
     return {"step_s": alone, "scan2_s": looped, "loop_ratio": looped / (2 * alone)}
 
 
@@ -74,12 +66,11 @@ def evaluator_timing(steps=100):
     of 50 steps as one ``lax.scan``) on random data of the transfer config's CPU size (24
     tasks x 32 scored candidates, 64 task images 16x16x3, 8 tasks a step). Returns (first
     call's seconds with compilation for ``steps`` steps, seconds per step after it)."""
+    from bench_supernet import PRESETS
     from metanas_jax import spaces
     from metanas_jax.search.evaluator import Evaluator, MetaTasks
 
-    space = spaces.get("macro32", widths=(8, 16), stem_width=8,
-                       ops=("conv3x3", "conv5x5", "sep_conv3x3", "sep_conv5x5", "dil_conv3x3",
-                            "max_pool3x3", "identity"))
+    space = spaces.get("macro32", **PRESETS["cifar_cpu"][0])
     key = jax.random.key(0)
     zs = space.sample(key, 24 * 32).reshape(24, 32, space.dim)
     data = MetaTasks(zs=zs, scores=jax.random.uniform(key, (24, 32)),
