@@ -44,8 +44,14 @@ PRESETS = {
 }
 
 
-def step_timing(space, hard, steps, x, y):
-    net = mnn.supernet(space, 10, hard=hard)
+# mode -> (hard, nn.supernet keywords)
+MODES = {"soft": (False, ()), "hard": (True, ()), "hard_sliced": (True, (("slice_widths", True),)),
+         "hard_unsliced": (True, (("slice_widths", False),))}
+
+
+def step_timing(space, mode, steps, x, y):
+    hard, kw = MODES[mode]
+    net = mnn.supernet(space, 10, hard=hard, **dict(kw))
     z0 = space.sample(jax.random.key(0), 1)[0]
     v = mnn.init(net, jax.random.key(0), x, space.relax(z0, 0.0))
     opt = optax.adam(3e-3)
@@ -69,9 +75,10 @@ def step_timing(space, hard, steps, x, y):
     return compile_s, (time.perf_counter() - t0) / steps, step._cache_size()
 
 
-def eval_timing(space, hard, n, x, y, steps=30, xv=None, yv=None):
+def eval_timing(space, mode, n, x, y, steps=30, xv=None, yv=None):
     task = (x, y, x[:32] if xv is None else xv, y[:32] if yv is None else yv)
-    cfg = TrainConfig(steps=steps, chunk=n, hard=hard)
+    hard, kw = MODES[mode]
+    cfg = TrainConfig(steps=steps, chunk=n, hard=hard, supernet_kw=kw)
     _train_eval_fn.cache_clear()
     ev = make_evaluate_fn(space, task, jax.random.key(0), num_classes=10, train=cfg)
     zs = np.asarray(space.sample(jax.random.key(2), 2 * n))
@@ -116,7 +123,8 @@ def compact_timing(space, n, x, y, steps, xv, yv):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="toy", choices=sorted(PRESETS))
-    ap.add_argument("--modes", default="hard", help="comma list of soft,hard")
+    ap.add_argument("--modes", default="hard", help="comma list of " + ",".join(MODES) + " (hard: the default width slicing of nn.hard; hard_sliced / hard_unsliced: "
+                    "convolutions at the layer's width / every op at the widest)")
     ap.add_argument("--layers", default="8,4")
     ap.add_argument("--images", type=int, default=64, help="training images per step")
     ap.add_argument("--val", type=int, default=32, help="validation images a candidate is scored on")
@@ -140,14 +148,13 @@ def main(argv=None):
     for layers in (int(l) for l in args.layers.split(",")):
         space = spaces.get("macro32", **{**space_kw, "layers": layers})
         for mode in args.modes.split(","):
-            hard = mode == "hard"
-            c, s, n = step_timing(space, hard, args.steps, x, y)
+            c, s, n = step_timing(space, mode, args.steps, x, y)
             row = {"layers": layers, "mode": mode, "step_compile_s": c, "step_s": s, "step_programs": n}
             print(f"macro32 {args.preset} layers={layers} mode={mode}: compile {c:.1f}s, {s:.3f}s/step "
                   f"(mean of {args.steps} steps, each a different architecture; compiled "
                   f"{n} program)  load {os.getloadavg()[0]:.2f}", flush=True)
             if args.evals:
-                first, rate, comp = eval_timing(space, hard, args.evals, x, y, args.train_steps, xv, yv)
+                first, rate, comp = eval_timing(space, mode, args.evals, x, y, args.train_steps, xv, yv)
                 row.update(eval_first_s=first, evals_per_s=rate, eval_compilations=comp)
                 print(f"  make_evaluate_fn steps={args.train_steps}: first call (compile + {args.evals} "
                       f"candidates) {first:.1f}s, then {rate:.2f} candidates/s; training-program "

@@ -131,6 +131,33 @@ def test_hard_supernet_equals_compact_and_compiles_once(name):
         mnn.supernet(spaces.get("nb201"), 5, hard=True)
 
 
+def test_hard_supernet_width_slices_equal_the_channel_mask():
+    """Convolutions written at the layer's own width (``slice_widths``) give
+    the outputs and gradients of every op at the widest width under the channel mask,
+    also after a layer wider than the next and from a stem narrower than any width."""
+    space = spaces.get("macro32", layers=4, widths=(4, 8), stem_width=3, reduction="pool",
+                       ops=("conv3x3", "sep_conv3x3", "identity"))
+    sliced = mnn.supernet(space, 5, hard=True, slice_widths=True)
+    masked = mnn.supernet(space, 5, hard=True, slice_widths=False)
+    assert sliced != masked
+    # by default only where the widest width is large enough to pay for the branches
+    assert mnn.supernet(space, 5, hard=True) == masked
+    assert mnn.supernet(spaces.get("macro32", **spaces.CIFAR_SPACE), 5, hard=True).slice_widths
+    variables = mnn.init(sliced, jax.random.key(2), X)
+    leaves, tree = jax.tree.flatten(variables)  # every channel's parameters distinct
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    variables = jax.tree.unflatten(tree, [a + 0.3 * jax.random.normal(k, a.shape)
+                                          for a, k in zip(leaves, keys)])
+    archs = ["conv3x3-8 | sep_conv3x3-4+res | conv3x3-8/2 | identity-4",
+             "sep_conv3x3-4/2 | conv3x3-8+res | conv3x3-4+res | sep_conv3x3-8"]
+    for arch in archs:
+        w = space.relax(space.encode(space.from_string(arch)), 0.0)
+        (ya, ga), (yb, gb) = (jax.value_and_grad(lambda v: jnp.sum(net.apply(v, X, w) ** 2))(variables)
+                              for net in (sliced, masked))
+        np.testing.assert_allclose(ya, yb, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ga, gb)
+
+
 def test_pool_before_norm_supernet_records_stats_per_resolution():
     """A pool_before_norm supernet normalises an op's output at two resolutions (its stay
     branch and its pooled down branch); recorded batch statistics (what query_norm uses)

@@ -8,8 +8,15 @@ each gene's weights) instead of mixing every op:
 * ``op``: ``jax.lax.switch`` over the ops of a layer. Not under ``vmap`` (candidates on
   CPU run through ``lax.map``) XLA executes only the chosen branch, forward and backward;
   under ``vmap`` the switch becomes a select and every branch runs (still correct).
-* ``width``: every op runs at ``max(widths)`` channels times a channel mask, as in the
-  soft supernet.
+* ``width``: with ``slice_widths`` a convolution op has one branch per output width: it
+  writes the layer's own channels only (its input is the full map, zero beyond the
+  previous layer's width), so its cost grows with the chosen width. Parameter-free ops
+  (pool, identity) run at ``max(widths)`` under the channel mask, and so does every op
+  without ``slice_widths`` (fewer branches to compile). The default slices where the
+  widest width is 64 or more: at ``CIFAR_SPACE``'s widths 32-256 it evaluates candidates
+  1.4x faster for 45-57 s more compilation, at widths 8/16 it gains nothing measurable. Input
+  channels sliced too (a branch per width pair) compiled 21x longer (benchmarks/LOG.md
+  "Width-sliced branches").
 * ``downsample``: one feature map at the input's resolution holds the current level's
   map in its top-left corner, zeros elsewhere, plus the level as an integer. The switch
   has one branch per (op, level): a branch slices the level's corner out (a static
@@ -40,6 +47,8 @@ from metanas_jax.spaces.macro32 import Macro32
 
 _CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}
 _SEP = {"sep_conv3x3": 3, "sep_conv5x5": 5}
+# the widest width from which convolutions run at the layer's own width by default
+SLICE_WIDTHS_FROM = 64
 
 
 def _conv(x, k, dilation=1, groups=1):
@@ -131,11 +140,13 @@ class HardMacroSupernet:
     any weights: their per-gene argmax is the architecture). Variables are interchangeable
     with :class:`MacroSupernet`'s of the same space, classes and input channels.
     ``remat``: ``jax.checkpoint`` each layer; ``unroll``: ``lax.scan``'s unroll (neither
-    made the CPU gradient faster in a quick test; kept for experiments).
+    made the CPU gradient faster in a quick test; kept for experiments). ``slice_widths``:
+    convolutions write only the layer's own width; None: where ``max(widths) >= 64``
+    (module doc). Under ``vmap`` every branch runs: pass False there.
     """
 
     def __init__(self, space: Macro32, num_classes: int, dtype=None, remat: bool = False,
-                 unroll: bool | int = 1):
+                 unroll: bool | int = 1, slice_widths: bool | None = None):
         if not isinstance(space, Macro32):
             raise ValueError(f"hard supernet exists for macro32 only, got space {space.name!r}")
         self.space = space
@@ -143,14 +154,17 @@ class HardMacroSupernet:
         self.dtype = dtype
         self.remat = remat
         self.unroll = unroll
+        self.slice_widths = (max(space.widths) >= SLICE_WIDTHS_FROM if slice_widths is None
+                             else bool(slice_widths))
         self.soft = MacroSupernet(space=space, num_classes=self.num_classes, dtype=dtype)
 
     def __hash__(self):
-        return hash((type(self), self.space, self.num_classes, str(self.dtype)))
+        return hash((type(self), self.space, self.num_classes, str(self.dtype), self.slice_widths))
 
     def __eq__(self, other):
         return (type(other) is type(self) and other.space == self.space
-                and other.num_classes == self.num_classes and str(other.dtype) == str(self.dtype))
+                and other.num_classes == self.num_classes and str(other.dtype) == str(self.dtype)
+                and other.slice_widths == self.slice_widths)
 
     # -- variables ---------------------------------------------------------------------
     @functools.lru_cache(maxsize=8)
@@ -166,22 +180,32 @@ class HardMacroSupernet:
         flat = traverse_util.flatten_dict(self.param_shapes(int(x.shape[-1]))["params"])
         return {"params": traverse_util.unflatten_dict(init_params(key, flat))}
 
-    def _branch(self, name: str, level: int, shapes, full_hw, act):
+    def _branch(self, name: str, level: int, shapes, full_hw, act, c_out=None):
         """The layer for op ``name`` on a map at resolution ``level`` (static): the op
         runs on the level's top-left corner at its own size, so a late low-resolution layer
         costs what it would in the compact network; ``(lp, feat, down, res) -> output``
         zero-padded back to the full map. ``down`` picks between the stride-1 result and
         its stride-2 sampling (or, in a ``reduction="pool"`` space, its 2x2 max-pool),
-        both computed here, each batch-normed over its own positions."""
+        both computed here, each batch-normed over its own positions. ``c_out`` (convolution
+        ops): it writes that many channels, zero-padded back to the map's width (None: all)."""
         sp = self.space
         hgt, wid = full_hw
         h, w = shapes[level]
+        cmax = max(sp.widths)
         # lax's SAME stride-2 window is centred at 2i on an odd side, 2i + 1 on an even one
         oh, ow = 1 - h % 2, 1 - w % 2
         pool = sp.reduction == "pool"
 
         def full(y):
-            return jnp.pad(y, ((0, 0), (0, hgt - y.shape[1]), (0, wid - y.shape[2]), (0, 0)))
+            return jnp.pad(y, ((0, 0), (0, hgt - y.shape[1]), (0, wid - y.shape[2]),
+                               (0, cmax - y.shape[3])))
+
+        def sliced(q):
+            """the op's params for ``c_out`` output channels (kernels HWIO: their last axis;
+            norms: per channel) but a depthwise kernel's, whose channels are the input's"""
+            def cut(path, a):
+                return a if path[0].key.startswith("depthwise") else a[..., :c_out]
+            return jax.tree_util.tree_map_with_path(cut, q)
 
         def strided(y, centred=True):
             return y[:, oh::2, ow::2] if centred else y[:, ::2, ::2]
@@ -205,13 +229,13 @@ class HardMacroSupernet:
             _, d = _CONV[name]
 
             def f(lp, x, down, res):
-                q = lp[name]
-                return out(_conv(x, q["conv"]["kernel"], d), x, down, res, q["norm"])
+                q = sliced(lp[name])
+                return out(_conv(x, q["conv"]["kernel"], d), x[..., :c_out], down, res, q["norm"])
         elif name in _SEP:
             def f(lp, x, down, res):
-                q = lp[name]
+                q = sliced(lp[name])
                 y = _conv(x, q["depthwise0"]["kernel"], groups=x.shape[-1])
-                return out(_conv(y, q["pointwise0"]["kernel"]), x, down, res, q["norm0"])
+                return out(_conv(y, q["pointwise0"]["kernel"]), x[..., :c_out], down, res, q["norm0"])
         elif name == "max_pool3x3":
             def f(lp, x, down, res):
                 return out(max_pool(x), x, down, res)
@@ -221,6 +245,25 @@ class HardMacroSupernet:
         else:
             raise ValueError(f"hard supernet: unknown op {name!r}")
         return lambda lp, feat, down, res: f(lp, feat[:, :h, :w], down, res)
+
+    def _branches(self, shapes, full_hw, act):
+        """The switch's branches and ``table[op, level, width]``, the branch of each
+        layer configuration (the same for every width where the width is a mask:
+        parameter-free ops, or ``slice_widths=False``)."""
+        sp = self.space
+        table = np.zeros((len(sp.ops), len(shapes), len(sp.widths)), np.int32)
+        branches = []
+        for o, name in enumerate(sp.ops):
+            sliced = self.slice_widths and (name in _CONV or name in _SEP)
+            for level in range(len(shapes)):
+                if not sliced:
+                    table[o, level, :] = len(branches)
+                    branches.append(self._branch(name, level, shapes, full_hw, act))
+                    continue
+                for j, c_out in enumerate(sp.widths):
+                    table[o, level, j] = len(branches)
+                    branches.append(self._branch(name, level, shapes, full_hw, act, c_out))
+        return branches, table
 
     # -- forward -----------------------------------------------------------------------
     def apply(self, variables, x, weights, train: bool = True):
@@ -253,16 +296,16 @@ class HardMacroSupernet:
 
         idx = {g: jnp.argmax(weights[g], axis=-1).astype(jnp.int32)
                for g in ("op", "width", "residual", "downsample")}
-        branches = [self._branch(name, level, shapes, (hgt, wid), act)
-                    for name in sp.ops for level in range(len(shapes))]
+        branches, table = self._branches(shapes, (hgt, wid), act)
         switch = _recomputing_switch(tuple(branches))
+        table = jnp.asarray(table, jnp.int32)
 
         def layer(carry, inp):
             feat, level = carry
             lp, op_i, width_i, res_i, down_i = inp
             new_level = jnp.minimum(level + down_i, top)
-            # one branch per (op, input level): the op runs on the level's own size
-            y = switch(op_i * len(shapes) + level, lp, feat, down_i > 0, res_i > 0)
+            # one branch per (op, input level[, width]): the op runs on the level's own size
+            y = switch(table[op_i, level, width_i], lp, feat, down_i > 0, res_i > 0)
             keep = valid_at(new_level) & (chan < widths[width_i])[None, None, None, :]
             # a product with the small mask, not a select: autodiff keeps the mask, not its
             # broadcast to the map's full size, for every layer
