@@ -30,7 +30,7 @@ import optax
 from metanas_jax import nn as mnn
 from metanas_jax import spaces
 from metanas_jax.search import TrainConfig, make_evaluate_fn
-from metanas_jax.search.experience import _train_eval_fn
+from metanas_jax.search.experience import _train_eval_fn, fit_and_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_comparison import machine, write_json  # noqa: E402
@@ -90,27 +90,17 @@ def eval_timing(space, mode, n, x, y, steps=30, xv=None, yv=None):
 
 def compact_timing(space, n, x, y, steps, xv, yv):
     """The alternative to one program for all: each candidate's compact network
-    (``nn.build``, batch statistics as in the supernet) trained by the same loop as
-    ``make_evaluate_fn``'s, compiled for that candidate. Returns (seconds per candidate
-    with its compilation, seconds per candidate once compiled)."""
+    (``nn.build``, batch statistics as in the supernet) trained and scored by
+    ``make_evaluate_fn``'s own proxy (``experience.fit_and_score``), compiled for that
+    candidate. Returns (seconds per candidate with its compilation, seconds per candidate
+    once compiled)."""
     opt = optax.adam(TrainConfig().lr)
     zs = np.asarray(space.sample(jax.random.key(2), n))
     first, again = [], []
     for i, z in enumerate(zs):
         net = mnn.build(space, space.decode(z), 10, track=False)
-
-        @jax.jit
-        def run(params):
-            def step(carry, _):
-                p, s = carry
-                g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                    net.apply({"params": p}, x, train=True), y).mean())(p)
-                u, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, u), s), None
-
-            (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-            return jnp.mean(jnp.argmax(net.apply({"params": params}, xv, train=True), -1) == yv)
-
+        run = jax.jit(lambda params: fit_and_score(
+            lambda p, x_: net.apply({"params": p}, x_, train=True), params, opt, steps, x, y, xv, yv))
         for out in (first, again):
             t0 = time.perf_counter()
             jax.block_until_ready(run(mnn.init(net, jax.random.key(i), x)["params"]))

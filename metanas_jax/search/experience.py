@@ -131,6 +131,23 @@ class TrainConfig:
                              f"{self.lr}, {self.chunk}")
 
 
+def fit_and_score(apply, params, opt, steps: int, sx, sy, qx, qy):
+    """Train ``params`` for ``steps`` full-batch steps of ``opt`` on ``(sx, sy)`` (one
+    ``lax.scan``), then the accuracy of ``apply(params, qx)`` on ``qy``: the proxy every
+    candidate evaluation runs (traceable; ``apply(params, x) -> logits``, batch
+    statistics). A diverged training (NaN/inf logits) scores NaN, not the accuracy of
+    argmax's class 0."""
+    def step(carry, _):
+        p, s = carry
+        g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, sx), sy).mean())(p)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+    logits = apply(params, qx)
+    return jnp.where(jnp.all(jnp.isfinite(logits)), jnp.mean(jnp.argmax(logits, -1) == qy), jnp.nan)
+
+
 @functools.lru_cache(maxsize=32)
 def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
     """jit(vmap(train one architecture on one task, accuracy on its query set)), one per
@@ -140,29 +157,18 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
 
     use_vmap = cfg.vmap if cfg.vmap is not None else jax.default_backend() != "cpu"
     hard = cfg.hard if cfg.hard is not None else (not use_vmap and space.name in mnn._HARD)
-    net = mnn.supernet(space, num_classes, hard=hard, **dict(cfg.supernet_kw))
+    kw = dict(cfg.supernet_kw)
+    if hard and use_vmap:  # vmapped, a switch runs every branch: no extra branches per width
+        kw.setdefault("slice_widths", False)
+    net = mnn.supernet(space, num_classes, hard=hard, **kw)
     opt = optax.adam(cfg.lr)
 
     def one(key, z, sx, sy, qx, qy):
         w = space.relax(z, 0.0)
         variables = net.init(key, sx, w, train=False)
-        params = variables["params"]
         rest = {k: v for k, v in variables.items() if k != "params"}
-
-        def loss(p):
-            logits = net.apply({"params": p, **rest}, sx, w, train=True)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, sy).mean()
-
-        def step(carry, _):
-            p, s = carry
-            g = jax.grad(loss)(p)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=cfg.steps)
-        logits = net.apply({"params": params, **rest}, qx, w, train=True)
-        # a diverged training (NaN/inf logits) is NaN, not the accuracy of argmax's class 0
-        return jnp.where(jnp.all(jnp.isfinite(logits)), jnp.mean(jnp.argmax(logits, -1) == qy), jnp.nan)
+        return fit_and_score(lambda p, x: net.apply({"params": p, **rest}, x, w, train=True),
+                             variables["params"], opt, cfg.steps, sx, sy, qx, qy)
 
     if use_vmap:  # padding pairs are computed and dropped: they run in parallel anyway
         return jax.jit(lambda valid, *a: jax.vmap(one)(*a))
