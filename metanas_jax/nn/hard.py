@@ -8,9 +8,11 @@ each gene's weights) instead of mixing every op:
 * ``op``: ``jax.lax.switch`` over the ops of a layer. Not under ``vmap`` (candidates on
   CPU run through ``lax.map``) XLA executes only the chosen branch, forward and backward;
   under ``vmap`` the switch becomes a select and every branch runs (still correct).
-* ``width``: with ``slice_widths`` a convolution op has one branch per output width: it
-  writes the layer's own channels only (its input is the full map, zero beyond the
-  previous layer's width), so its cost grows with the chosen width. Parameter-free ops
+* ``width``: the first layer runs on its own (outside the layer scan) and its
+  convolutions read only the stem's channels; the others read the map's ``max(widths)``
+  channels, zero beyond the previous layer's width. With ``slice_widths`` a convolution
+  op has one branch per output width: it writes the layer's own channels only, so its
+  cost grows with the chosen width. Parameter-free ops
   (pool, identity) run at ``max(widths)`` under the channel mask, and so does every op
   without ``slice_widths`` (fewer branches to compile). The default slices where the
   widest width is 64 or more: at ``CIFAR_SPACE``'s widths 32-256 it evaluates candidates
@@ -187,7 +189,9 @@ class HardMacroSupernet:
         zero-padded back to the full map. ``down`` picks between the stride-1 result and
         its stride-2 sampling (or, in a ``reduction="pool"`` space, its 2x2 max-pool),
         both computed here, each batch-normed over its own positions. ``c_out`` (convolution
-        ops): it writes that many channels, zero-padded back to the map's width (None: all)."""
+        ops): it writes that many channels, zero-padded back to the map's width (None: the
+        map's width). A convolution reads as many channels as its input has: the
+        map's width, or the stem's for the first layer."""
         sp = self.space
         hgt, wid = full_hw
         h, w = shapes[level]
@@ -200,12 +204,20 @@ class HardMacroSupernet:
             return jnp.pad(y, ((0, 0), (0, hgt - y.shape[1]), (0, wid - y.shape[2]),
                                (0, cmax - y.shape[3])))
 
-        def sliced(q):
-            """the op's params for ``c_out`` output channels (kernels HWIO: their last axis;
-            norms: per channel) but a depthwise kernel's, whose channels are the input's"""
+        def sliced(q, c_in):
+            """the op's params from ``c_in`` input to ``c_out`` output channels (kernels
+            HWIO, a depthwise kernel's O being its input channels; norms per channel)"""
             def cut(path, a):
-                return a if path[0].key.startswith("depthwise") else a[..., :c_out]
+                if path[-1].key != "kernel":
+                    return a[:c_out]
+                return a[..., :c_in] if path[0].key.startswith("depthwise") else a[..., :c_in, :c_out]
             return jax.tree_util.tree_map_with_path(cut, q)
+
+        def shortcut(x):
+            """the input as the residual of a convolution's output (``c_out`` channels or
+            the map's width; zero-padded or cut)"""
+            c = cmax if c_out is None else c_out
+            return jnp.pad(x[..., :c], ((0, 0),) * 3 + ((0, c - min(c, x.shape[-1])),))
 
         def strided(y, centred=True):
             return y[:, oh::2, ow::2] if centred else y[:, ::2, ::2]
@@ -229,13 +241,13 @@ class HardMacroSupernet:
             _, d = _CONV[name]
 
             def f(lp, x, down, res):
-                q = sliced(lp[name])
-                return out(_conv(x, q["conv"]["kernel"], d), x[..., :c_out], down, res, q["norm"])
+                q = sliced(lp[name], x.shape[-1])
+                return out(_conv(x, q["conv"]["kernel"], d), shortcut(x), down, res, q["norm"])
         elif name in _SEP:
             def f(lp, x, down, res):
-                q = sliced(lp[name])
+                q = sliced(lp[name], x.shape[-1])
                 y = _conv(x, q["depthwise0"]["kernel"], groups=x.shape[-1])
-                return out(_conv(y, q["pointwise0"]["kernel"]), x[..., :c_out], down, res, q["norm0"])
+                return out(_conv(y, q["pointwise0"]["kernel"]), shortcut(x), down, res, q["norm0"])
         elif name == "max_pool3x3":
             def f(lp, x, down, res):
                 return out(max_pool(x), x, down, res)
@@ -246,16 +258,16 @@ class HardMacroSupernet:
             raise ValueError(f"hard supernet: unknown op {name!r}")
         return lambda lp, feat, down, res: f(lp, feat[:, :h, :w], down, res)
 
-    def _branches(self, shapes, full_hw, act):
+    def _branches(self, shapes, full_hw, act, levels):
         """The switch's branches and ``table[op, level, width]``, the branch of each
-        layer configuration (the same for every width where the width is a mask:
-        parameter-free ops, or ``slice_widths=False``)."""
+        layer configuration for input levels ``0 .. levels - 1`` (the same for every
+        width where the width is a mask: parameter-free ops, or ``slice_widths=False``)."""
         sp = self.space
-        table = np.zeros((len(sp.ops), len(shapes), len(sp.widths)), np.int32)
+        table = np.zeros((len(sp.ops), levels, len(sp.widths)), np.int32)
         branches = []
         for o, name in enumerate(sp.ops):
             sliced = self.slice_widths and (name in _CONV or name in _SEP)
-            for level in range(len(shapes)):
+            for level in range(levels):
                 if not sliced:
                     table[o, level, :] = len(branches)
                     branches.append(self._branch(name, level, shapes, full_hw, act))
@@ -286,34 +298,41 @@ class HardMacroSupernet:
         def valid_at(level):
             return ((rows[:, None] < hs[level]) & (cols[None, :] < ws[level]))[None, :, :, None]
 
-        # stem: conv-BN-act (or conv+bias-act) at full resolution, zero-padded to cmax channels
+        # stem: conv-BN-act (or conv+bias-act) at full resolution
         h = _conv(x, p["stem"]["conv"]["kernel"])
         if sp.stem_norm:
             h = act(_norm(h, p["stem"]["norm"]))
         else:
             h = act(h + p["stem"]["conv"]["bias"].astype(h.dtype))
-        h = jnp.pad(h, ((0, 0), (0, 0), (0, 0), (0, cmax - h.shape[-1])))
 
         idx = {g: jnp.argmax(weights[g], axis=-1).astype(jnp.int32)
                for g in ("op", "width", "residual", "downsample")}
-        branches, table = self._branches(shapes, (hgt, wid), act)
-        switch = _recomputing_switch(tuple(branches))
-        table = jnp.asarray(table, jnp.int32)
 
-        def layer(carry, inp):
-            feat, level = carry
-            lp, op_i, width_i, res_i, down_i = inp
+        def layer(switch, table, feat, level, lp, op_i, width_i, res_i, down_i):
             new_level = jnp.minimum(level + down_i, top)
             # one branch per (op, input level[, width]): the op runs on the level's own size
             y = switch(table[op_i, level, width_i], lp, feat, down_i > 0, res_i > 0)
             keep = valid_at(new_level) & (chan < widths[width_i])[None, None, None, :]
             # a product with the small mask, not a select: autodiff keeps the mask, not its
             # broadcast to the map's full size, for every layer
-            return ((y * keep.astype(y.dtype)).astype(feat.dtype), new_level), None
+            return y * keep.astype(y.dtype), new_level
 
-        xs = (p["layers"], idx["op"], idx["width"], idx["residual"], idx["downsample"])
-        (h, level), _ = jax.lax.scan(jax.checkpoint(layer) if self.remat else layer,
-                                     (h, jnp.int32(0)), xs, unroll=self.unroll)
+        # the first layer on its own, at level 0, reading only the stem's channels (the
+        # others read the map's max(widths) channels, zero beyond the previous layer's width)
+        genes = [idx[g] for g in ("op", "width", "residual", "downsample")]
+        first, table0 = self._branches(shapes, (hgt, wid), act, 1)
+        h, level = layer(_recomputing_switch(tuple(first)), jnp.asarray(table0), h, jnp.int32(0),
+                         jax.tree.map(lambda a: a[0], p["layers"]), *(g[0] for g in genes))
+
+        branches, table = self._branches(shapes, (hgt, wid), act, len(shapes))
+        switch, table = _recomputing_switch(tuple(branches)), jnp.asarray(table)
+
+        def scanned(carry, inp):
+            return layer(switch, table, *carry, *inp), None
+
+        xs = (jax.tree.map(lambda a: a[1:], p["layers"]), *(g[1:] for g in genes))
+        (h, level), _ = jax.lax.scan(jax.checkpoint(scanned) if self.remat else scanned,
+                                     (h, level), xs, unroll=self.unroll)
         if sp.head_pool == "max":
             pooled = jnp.max(jnp.where(valid_at(level), h, -jnp.inf), (1, 2))
         else:
