@@ -160,13 +160,15 @@ class HardMacroSupernet:
                              else bool(slice_widths))
         self.soft = MacroSupernet(space=space, num_classes=self.num_classes, dtype=dtype)
 
+    def _key(self):
+        """what the computed function depends on (jit caches and the learners compare it)"""
+        return (type(self), self.space, self.num_classes, str(self.dtype), self.slice_widths)
+
     def __hash__(self):
-        return hash((type(self), self.space, self.num_classes, str(self.dtype), self.slice_widths))
+        return hash(self._key())
 
     def __eq__(self, other):
-        return (type(other) is type(self) and other.space == self.space
-                and other.num_classes == self.num_classes and str(other.dtype) == str(self.dtype)
-                and other.slice_widths == self.slice_widths)
+        return type(other) is type(self) and other._key() == self._key()
 
     # -- variables ---------------------------------------------------------------------
     @functools.lru_cache(maxsize=8)
