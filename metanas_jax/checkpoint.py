@@ -127,9 +127,11 @@ def _legacy_tree(tree):
     return {} if isinstance(tree, dict) and set(tree) == {"_"} else tree
 
 
-def _default_sharding():
-    """Where a template leaf without a sharding is restored: this process's first device."""
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+def _on_default_device(x) -> bool:
+    """Whether a template leaf is restored where a fresh array goes (uncommitted, this
+    process's first device): a leaf without a sharding, or with that device's."""
+    sharding = _abstract(x).sharding
+    return sharding is None or sharding == jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 class StageCheckpoints:
@@ -222,12 +224,12 @@ class StageCheckpoints:
         # a numpy target reads to the host; an abstract one without a sharding would take
         # the saved sharding, which another device count cannot place
         target = {k: np.empty(m.shape, m.dtype) for k, m in stored.items()}
-        if like is not None:
+        if like is not None:  # (a leaf for the default device: read to the host, see _assemble)
             for path, x in jax.tree_util.tree_flatten_with_path(like)[0]:
                 k = jax.tree_util.keystr(path)
-                if k in target and not isinstance(x, np.ndarray):
+                if k in target and not isinstance(x, np.ndarray) and not _on_default_device(x):
                     target[k] = jax.ShapeDtypeStruct(target[k].shape, target[k].dtype,
-                                                     sharding=_abstract(x).sharding or _default_sharding())
+                                                     sharding=_abstract(x).sharding)
         out = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
         return out["state"], _checked_record(out["record"])
@@ -294,7 +296,12 @@ def _assemble(arrays: dict, meta: dict, like):
             v = jax.random.wrap_key_data(v, impl=meta[KEYS][k])
         if like is None or isinstance(x, np.ndarray):
             return v if k in meta[KEYS] else np.asarray(v)
-        return jax.device_put(v, _abstract(x).sharding or _default_sharding())  # no-op if there
+        if _on_default_device(x):
+            # uncommitted, like a fresh state's arrays: committed ones lower to another
+            # program, so each jitted step of a resumed run missed the persistent
+            # compilation cache and compiled again (minutes for a supernet on CPU)
+            return jax.device_put(v)
+        return jax.device_put(v, _abstract(x).sharding)  # no-op if there
     if like is None:
         return {k: leaf(k) for k in [*arrays, *meta[EMPTY]] if k != NO_ARRAYS}
     paths, treedef = jax.tree_util.tree_flatten_with_path(like)

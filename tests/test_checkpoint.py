@@ -101,3 +101,20 @@ def test_older_leaves_list_checkpoint_resumes_by_leaf_order(tmp_path, caplog):
         step, back, rec = StageCheckpoints(tmp_path / "stage").latest(state)
     assert (step, rec) == (3, {"phase": "old"}) and "by leaf order" in caplog.text
     _assert_same(back, state)
+
+
+def test_restored_state_runs_the_fresh_states_program(tmp_path):
+    """A state restored into a template for the default device is placed as a fresh one
+    is (uncommitted): a jitted step compiled for the fresh state runs it without a second
+    program. (Committed arrays lowered to another program, so every step of a resumed run
+    missed the persistent compilation cache and compiled again.)"""
+    state = {k: v for k, v in _state().items() if k != "host"}
+    step = jax.jit(lambda s: jax.tree.map(lambda a: a if jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+                                          else a + 1, s))
+    step(state)
+    ck = StageCheckpoints(tmp_path / "ck")
+    ck.save(1, state, {})
+    for like in (state, jax.eval_shape(lambda: state)):
+        restored = ck.latest(like)[1]
+        _assert_same(step(restored), step(state))
+        assert step._cache_size() == 1
