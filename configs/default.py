@@ -127,7 +127,9 @@ def get_config(arg=None):
     c.runtime.progress = True
     c.runtime.checkpoint_every_epochs = 1
     c.runtime.tensorboard = "auto"      # TensorBoard scalars when tensorboardX is installed; "on"/"off"
-    c.runtime.compile_cache = "~/.cache/metanas_jax/xla"  # persistent XLA cache; "" = off
+    # persistent XLA cache of the programs that compile in >= 1 s (the environment's
+    # JAX_COMPILATION_CACHE_DIR / JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS win); "" = off
+    c.runtime.compile_cache = "~/.cache/metanas_jax/xla"
     # Devices every stage uses: "auto" = all (every process's, in a multi-process run), or a
     # number; 1 = the single-device code paths. NAS-experience pairs and each search round's
     # candidates are split over them (the same scores as one device); final training is

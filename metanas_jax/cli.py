@@ -158,7 +158,8 @@ def _compile_cache(cfg) -> None:
         return
     import jax
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # jax's own variable wins
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _format_summary(s: dict, report_path, wall: float) -> str:

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-TINY = ["--no-progress", "--config.space.layers=2", "--config.space.widths=4,8",
+TINY = ["--no-progress", "--config.space.layers=2", "--config.space.ops=conv3x3,identity",
+        "--config.space.widths=4,8",
         "--config.space.stem_width=4", "--config.data.num_tasks=4", "--config.meta.archs_per_task=4",
         "--config.meta.tasks_per_checkpoint=2", "--config.candidate.steps=4",
         "--config.meta.evaluator_steps=20", "--config.meta.cv_folds=2", "--config.search.budget=8",
@@ -21,7 +22,10 @@ TINY = ["--no-progress", "--config.space.layers=2", "--config.space.widths=4,8",
 
 
 def _env(cache):
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    # every program cached, also those under the CLI's 1-s threshold: the resumed runs
+    # then compile next to nothing (the kill/resume test: 68 -> 40 s on 2 idle cores)
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONUNBUFFERED": "1"}
 
 
 def _cli(args, cache, check=True):
@@ -268,3 +272,27 @@ def test_distributed_flags_parsed():
                                       "--process-id", "1", "--config.runtime.mesh=auto"])
     assert (args.coordinator, args.num_processes, args.process_id) == ("h:1", 2, 1)
     assert overrides == ["runtime.mesh=auto"]
+
+
+def test_compile_cache_threshold_from_the_environment(monkeypatch, tmp_path):
+    """The CLI caches programs that compile in >= 1 s unless jax's own variable is set
+    (the tests above set 0: resumed runs then compile next to nothing)."""
+    from metanas_jax import cli
+    from metanas_jax.config import load_config
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    cfg = load_config("default")
+    cfg.runtime.compile_cache = str(tmp_path / "xla")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    try:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
+        cli._compile_cache(cfg)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.25")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)  # as jax read it
+        cli._compile_cache(cfg)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
