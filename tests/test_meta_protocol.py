@@ -164,16 +164,17 @@ def test_derived_learner_inherits_the_supernets_function():
     derived = meta.derived_learner(sup, space.decode(z))
     assert not derived.searches and (derived.module.channels, derived.module.cells) == (4, 3)
     assert derived.module.stem_stride == 2
-    _, seen = derived.module.apply({"params": derived.init(jax.random.PRNGKey(3), x)[0]}, x,
-                                   capture_intermediates=True)
+    # (jitted: op by op the compact and soft networks took 15 s of small compiles more)
+    _, seen = jax.jit(lambda p: derived.module.apply({"params": p}, x, capture_intermediates=True))(
+        derived.init(jax.random.PRNGKey(3), x)[0])
     assert seen["intermediates"]["stem"]["__call__"][0].shape == (3, 4, 4, 12)
     with pytest.raises(ValueError, match="stem_stride must be an int >= 1, got 0"):
         meta.supernet_learner(space, 3, channels=4, cells=3, stem_stride=0).init(
             jax.random.PRNGKey(1), x)
     assert derived.cpu_strategy == "map"  # the compact cell's measured CPU choice
     inherited = meta.inherited_params(derived, params, x)
-    want = sup.module.apply({"params": params}, x, space.relax(z, 0.0), train=True)
-    np.testing.assert_allclose(derived.apply(inherited, derived.init(jax.random.PRNGKey(3), x)[1], x),
+    want = jax.jit(lambda p: sup.module.apply({"params": p}, x, space.relax(z, 0.0), train=True))(params)
+    np.testing.assert_allclose(jax.jit(derived.apply)(inherited, derived.init(jax.random.PRNGKey(3), x)[1], x),
                                want, atol=1e-5)
     assert meta.derived_learner(sup, space.decode(z), channels=2).module.channels == 2
     with pytest.raises(ValueError, match="no search space"):

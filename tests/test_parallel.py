@@ -307,9 +307,9 @@ def worker_eight(ckpt_dir):
 # tiny job settings (cf. tests/test_cli.py's TINY, smaller still): every stage, sharded
 # experience and search rounds, data-parallel final training (no cross-validation: it is
 # not sharded and costs compilations)
-JOB = ["space.layers=2", "space.widths=4,8", "space.stem_width=4", "data.num_tasks=4",
-       "meta.archs_per_task=4", "meta.tasks_per_checkpoint=2", "candidate.steps=4",
-       "meta.evaluator_steps=10", "meta.cv_folds=0", "search.budget=8",
+JOB = ["space.layers=2", "space.ops=conv3x3,identity", "space.widths=4,8", "space.stem_width=4",
+       "data.num_tasks=4", "meta.archs_per_task=4", "meta.tasks_per_checkpoint=2",
+       "candidate.steps=4", "meta.evaluator_steps=10", "meta.cv_folds=0", "search.budget=8",
        "search.methods=meta,random", "train.epochs=2", "train.batch_size=32",
        "data.target_train=64", "data.target_val=16", "runtime.progress=False",
        "runtime.tensorboard=off", "runtime.compile_cache="]

@@ -8,7 +8,9 @@ from metanas_jax import spaces
 from metanas_jax.search import (Experience, TrainConfig, collect_experience, load_experience,
                                 make_evaluate_fn, save_experience)
 
-SPACE = spaces.get("macro32", layers=2, widths=(4, 8), stem_width=4)
+# the default config's 4 ops: all 7 compile each candidate program 2.3x slower
+SPACE = spaces.get("macro32", layers=2, widths=(4, 8), stem_width=4,
+                   ops=("conv3x3", "sep_conv3x3", "max_pool3x3", "identity"))
 CFG = TrainConfig(steps=3, lr=1e-2, chunk=4)
 
 
@@ -78,9 +80,9 @@ def test_round_evaluation_is_one_program_and_position_independent():
 def test_proxy_fidelity_ranks_proxies_against_a_reference():
     from metanas_jax.search import proxy_fidelity
     sx, sy, qx, qy = (a[0] for a in tiny_tasks(t=1, s=12, q=24))
-    zs = np.asarray(SPACE.sample(jax.random.key(5), 6))
+    zs = np.asarray(SPACE.sample(jax.random.key(6), 6))
     key = jax.random.key(9)
-    long = TrainConfig(steps=30, lr=1e-2, chunk=4)
+    long = TrainConfig(steps=10, lr=1e-2, chunk=4)  # (30 steps: most candidates score 1.0)
     ref = make_evaluate_fn(SPACE, (sx, sy, qx, qy), key, num_classes=3, train=long)(zs)
     out = proxy_fidelity(SPACE, (sx, sy, qx, qy), zs, key, {"same": long, "short": CFG}, ref,
                          num_classes=3)
