@@ -181,14 +181,15 @@ def test_transfer_config_end_to_end_tiny(shared_data, tmp_path):
     source is Tiny ImageNet, the target CIFAR-10, the content check passes."""
     cfg = load_config("configs/tinyimagenet_to_cifar10.py")
     # the config's data, at the smallest sizes (2 layers of 2 ops: the test is about the
-    # datasets and their separation, not the space)
+    # datasets and their separation, not the space); source tasks as large as the target
+    # task, so experience and search share one candidate program
     apply_overrides(cfg, ["space.layers=2", "space.ops=conv3x3,identity", "space.widths=4,8",
                           "space.stem_width=4", "data.num_tasks=4", "meta.archs_per_task=4",
                           "meta.tasks_per_checkpoint=2", "candidate.steps=2", "data.n_train=64",
-                          "data.target_train=64", "data.target_val=50", "meta.evaluator_steps=10",
-                          "meta.cv_folds=0", "meta.es_iterations=1", "meta.es_population=2",
-                          "search.budget=5", "search.methods=meta,random", "search.finalists=1",
-                          "runtime.progress=False", "runtime.tensorboard=off"])
+                          "data.n_val=50", "data.target_train=64", "data.target_val=50",
+                          "meta.evaluator_steps=10", "meta.cv_folds=0", "meta.es_iterations=1",
+                          "meta.es_population=2", "search.budget=5", "search.methods=meta,random",
+                          "search.finalists=1", "runtime.progress=False", "runtime.tensorboard=off"])
     prep = builders.prepare(cfg)
     assert prep.target.train.num_classes == 10 and prep.target.train.image_shape == (16, 16, 3)
     meta = pipeline.meta_train(cfg, tmp_path, prep)
