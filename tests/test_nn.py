@@ -10,8 +10,8 @@ from metanas_jax import spaces
 CASES = {
     "macro32": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4), {}),
     # conv then 2x2 max-pool; 12x12 inputs reach odd levels (3x3 -> 2x2); and the rest of
-    # the airbench shape: stem without norm, GELU, scaled max-pool head (4 of the ops, the
-    # others in macro32_pool_first: each op costs compile time in every test)
+    # the airbench shape: stem without norm, GELU, scaled max-pool head (4 of the 7 ops,
+    # macro32_pool_first 2 others, macro32 all: each op costs compile time in every test)
     "macro32_pool": (spaces.get("macro32", widths=(4, 8, 12), stem_width=4, reduction="pool",
                                 stem_norm=False, activation="gelu", head_pool="max",
                                 head_scale=1 / 9, ops=("conv5x5", "dil_conv3x3", "max_pool3x3",
