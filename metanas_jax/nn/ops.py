@@ -22,9 +22,9 @@ NORM_STATS = "norm_stats"
 
 
 def batch_moments(x):
-    """Per-channel mean and (biased) variance over every axis but the last, in float32,
-    from one pass (``E[x^2] - E[x]^2``, clipped at 0)."""
-    xf = x.astype(jnp.float32)
+    """Per-channel mean and (biased) variance over every axis but the last, in at least
+    float32 (float64 stays float64), from one pass (``E[x^2] - E[x]^2``, clipped at 0)."""
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(xf, axes)
     return mean, jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
