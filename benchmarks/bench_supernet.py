@@ -147,7 +147,7 @@ def main(argv=None):
                 first, rate, comp = eval_timing(space, mode, args.evals, x, y, args.train_steps, xv, yv)
                 row.update(eval_first_s=first, evals_per_s=rate, eval_compilations=comp)
                 print(f"  make_evaluate_fn steps={args.train_steps}: first call (compile + {args.evals} "
-                      f"candidates) {first:.1f}s, then {rate:.2f} candidates/s; training-program "
+                      f"candidates) {first:.1f}s, then {rate:.3g} candidates/s; training-program "
                       f"compilations {comp}  load {os.getloadavg()[0]:.2f}", flush=True)
             if args.compact:
                 first, again = compact_timing(space, args.compact, x, y, args.train_steps, xv, yv)

@@ -153,6 +153,26 @@ def test_depthwise_gradients_match_autodiff_of_xla(size, kernel, stride, dilatio
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("impl,stride,size,kernel", [
+    ("matmul", 1, 12, 3), ("matmul", 2, 7, 3), ("matmul", 1, 8, 1), ("matmul_bf16", 1, 6, 3)])
+def test_batch_chunked_conv_equals_the_whole_batch(impl, stride, size, kernel):
+    """``chunk_bytes`` runs the batch in chunks (a scan, the batch padded to a multiple of
+    the chunk) and computes the same convolution and gradients: im2col, the rows-out form
+    (12x12, 3x3), a 1x1 and the bf16 matmuls."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(size), 2)
+    x = jax.random.normal(kx, (5, size, size, 4))  # chunks of 2: one padding image
+    w = jax.random.normal(kw, (kernel, kernel, 4, 6))
+    per_image = (-(-size // stride)) ** 2 * kernel * kernel * 4 * 4
+    f = lambda x, w, cb: jnp.sum(jnp.tanh(conv2d(x, w, stride, "SAME", impl, chunk_bytes=cb)) ** 2)
+    assert "scan" in str(jax.make_jaxpr(f, static_argnums=2)(x, w, 2 * per_image))
+    assert "scan" not in str(jax.make_jaxpr(f, static_argnums=2)(x, w, 5 * per_image))
+    ya, ga = jax.value_and_grad(f, (0, 1))(x, w, 2 * per_image)
+    yb, gb = jax.value_and_grad(f, (0, 1))(x, w, None)
+    np.testing.assert_allclose(ya, yb, rtol=1e-5)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_vmap_over_per_task_weights_matches_loop():
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 5, 5, 2))
     w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 2, 4))

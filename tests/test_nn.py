@@ -1,3 +1,5 @@
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,6 +7,7 @@ import pytest
 
 from metanas_jax import nn as mnn
 from metanas_jax import spaces
+from metanas_jax.nn import hard as hard_mod
 
 # small settings: the networks are the real ones, only narrower and shallower
 CASES = {
@@ -168,6 +171,27 @@ def test_hard_supernet_width_slices_equal_the_channel_mask():
         (ya, ga), (yb, gb) = (f(variables, w) for f in fns)
         np.testing.assert_allclose(ya, yb, rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ga, gb)
+
+
+def test_hard_supernet_inference_computes_the_same_logits():
+    """``inference=True`` (make_evaluate_fn's query scoring) computes the same logits with
+    convolutions reading only the previous layer's channels and run in chunks of the
+    batch (batch norm still sees the whole batch), also where the stem is as wide as the
+    widest layer (width-sliced, the CIFAR space's form)."""
+    space = spaces.get("macro32", layers=4, widths=(4, 8), stem_width=8, reduction="pool",
+                       pool_before_norm=True, ops=("conv3x3", "sep_conv3x3", "identity"))
+    arch = "conv3x3-4 | sep_conv3x3-8+res/2 | conv3x3-4 | identity-8/2"
+    w = space.relax(space.encode(space.from_string(arch)), 0.0)
+    hard = mnn.supernet(space, 5, hard=True, slice_widths=True)
+    variables = mnn.init(hard, jax.random.key(2), X)
+    whole = lambda v, w: hard.apply(v, X, w)
+    with mock.patch.object(hard_mod, "INFERENCE_CHUNK_BYTES", 12 * 12 * 9 * 8 * 4 * 2):
+        scoring = lambda v, w: hard.apply(v, X, w, inference=True)
+        count = lambda f, what: str(jax.make_jaxpr(f)(variables, w)).count(what)
+        assert count(scoring, "scan[") > count(whole, "scan[")  # chunked
+        assert count(scoring, "cond[") > count(whole, "cond[")  # a switch over input widths
+        np.testing.assert_allclose(jax.jit(scoring)(variables, w), jax.jit(whole)(variables, w),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_pool_before_norm_supernet_records_stats_per_resolution():

@@ -18,7 +18,9 @@ each gene's weights) instead of mixing every op:
   widest width is 64 or more: at ``CIFAR_SPACE``'s widths 32-256 it evaluates candidates
   1.4x faster for 45-57 s more compilation, at widths 8/16 it gains nothing measurable. Input
   channels sliced too (a branch per width pair) compiled 21x longer (benchmarks/LOG.md
-  "Width-sliced branches").
+  "Width-sliced branches"). ``apply(..., inference=True)``, a forward pass alone such as
+  scoring a query set, reads only the previous layer's width: there a switch over the
+  input widths costs no gradient and adds only forward code.
 * ``downsample``: one feature map at the input's resolution holds the current level's
   map in its top-left corner, zeros elsewhere, plus the level as an integer. The switch
   has one branch per (op, level): a branch slices the level's corner out (a static
@@ -51,14 +53,17 @@ _CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}
 _SEP = {"sep_conv3x3": 3, "sep_conv5x5": 5}
 # the widest width from which convolutions run at the layer's own width by default
 SLICE_WIDTHS_FROM = 64
+# in inference, convolutions whose im2col patches would be larger run over chunks of the
+# batch (fastconv.batch_chunked); 16 and 64 MB ran the CIFAR query forward equally fast
+INFERENCE_CHUNK_BYTES = 32 << 20
 
 
-def _conv(x, k, dilation=1, groups=1):
+def _conv(x, k, dilation=1, groups=1, chunk_bytes=None):
     """fastconv: im2col matmuls on CPU, whose gradients stay fast inside the layer scan and
     ``lax.map`` over candidates (``lax.conv``'s weight gradient there dominated the step).
     Not rematerialised on its own: the switch's backward pass recomputes the chosen
     branch from its input anyway (:func:`_recomputing_switch`)."""
-    return conv2d(x, k.astype(x.dtype), 1, "SAME", "auto", dilation, groups)
+    return conv2d(x, k.astype(x.dtype), 1, "SAME", "auto", dilation, groups, chunk_bytes)
 
 
 def _norm(x, p):
@@ -108,27 +113,28 @@ def init_params(key, shapes, stacked=("layers",), host=False):
 
 
 def _recomputing_switch(branches):
-    """``lax.switch(i, branches, lp, feat, down, res)`` whose backward pass recomputes the
-    chosen branch from the inputs. Autodiff of ``lax.switch`` makes every branch return the
+    """``lax.switch(i, branches, lp, feat, *flags)`` whose backward pass recomputes the
+    chosen branch from the inputs (``flags``: booleans and integers, not differentiated).
+    Autodiff of ``lax.switch`` makes every branch return the
     union of all branches' residuals (zeros from the branches not taken): with one branch
     per (op, level), that zero-filling cost more than the chosen op itself. Here the
     residuals are the inputs; the rule is made of differentiable ops (second order works)."""
     @jax.custom_vjp
-    def switch(i, lp, feat, down, res):
-        return jax.lax.switch(i, branches, lp, feat, down, res)
+    def switch(i, lp, feat, *flags):
+        return jax.lax.switch(i, branches, lp, feat, *flags)
 
-    def fwd(i, lp, feat, down, res):
-        return switch(i, lp, feat, down, res), (i, lp, feat, down, res)
+    def fwd(i, lp, feat, *flags):
+        return switch(i, lp, feat, *flags), (i, lp, feat, *flags)
 
     def branch_vjp(branch):
-        def f(lp, feat, down, res, g):
-            return jax.vjp(lambda lp, feat: branch(lp, feat, down, res), lp, feat)[1](g)
+        def f(lp, feat, g, *flags):
+            return jax.vjp(lambda lp, feat: branch(lp, feat, *flags), lp, feat)[1](g)
         return f
 
     def bwd(saved, g):
-        i, lp, feat, down, res = saved
-        d_lp, d_feat = jax.lax.switch(i, [branch_vjp(b) for b in branches], lp, feat, down, res, g)
-        return None, d_lp, d_feat, None, None
+        i, lp, feat, *flags = saved
+        d_lp, d_feat = jax.lax.switch(i, [branch_vjp(b) for b in branches], lp, feat, g, *flags)
+        return None, d_lp, d_feat, *(None for _ in flags)
 
     switch.defvjp(fwd, bwd)
     return switch
@@ -184,16 +190,19 @@ class HardMacroSupernet:
         flat = traverse_util.flatten_dict(self.param_shapes(int(x.shape[-1]))["params"])
         return {"params": traverse_util.unflatten_dict(init_params(key, flat))}
 
-    def _branch(self, name: str, level: int, shapes, full_hw, act, c_out=None):
+    def _branch(self, name: str, level: int, shapes, full_hw, act, c_out=None, inference=False,
+                first=False):
         """The layer for op ``name`` on a map at resolution ``level`` (static): the op
         runs on the level's top-left corner at its own size, so a late low-resolution layer
-        costs what it would in the compact network; ``(lp, feat, down, res) -> output``
+        costs what it would in the compact network; ``(lp, feat, down, res, in_i) -> output``
         zero-padded back to the full map. ``down`` picks between the stride-1 result and
         its stride-2 sampling (or, in a ``reduction="pool"`` space, its 2x2 max-pool),
         both computed here, each batch-normed over its own positions. ``c_out`` (convolution
         ops): it writes that many channels, zero-padded back to the map's width (None: the
         map's width). A convolution reads as many channels as its input has: the
-        map's width, or the stem's for the first layer."""
+        map's width, or the stem's for the ``first`` layer; in ``inference`` (see
+        ``apply``) only the previous layer's width, ``space.widths[in_i]`` (a switch over
+        the widths), chunked over the batch."""
         sp = self.space
         hgt, wid = full_hw
         h, w = shapes[level]
@@ -239,28 +248,42 @@ class HardMacroSupernet:
             return jnp.where(down, full(finish(strided(y1, centred), strided(x, False))),
                              full(finish(y1, x)))
 
+        chunk_bytes = INFERENCE_CHUNK_BYTES if inference else None
+
+        def read(conv, x, in_i):
+            """``conv(c)(x[..., :c])``, the op's convolutions on the input's first ``c``
+            channels: all of them, or in inference the previous layer's width"""
+            if not inference or first:  # (the first layer reads the stem's channels)
+                return conv(x.shape[-1])(x)
+            return jax.lax.switch(in_i, [lambda x, c=c: conv(c)(x[..., :c]) for c in sp.widths], x)
+
         if name in _CONV:
             _, d = _CONV[name]
 
-            def f(lp, x, down, res):
-                q = sliced(lp[name], x.shape[-1])
-                return out(_conv(x, q["conv"]["kernel"], d), shortcut(x), down, res, q["norm"])
+            def f(lp, x, down, res, in_i):
+                conv = lambda c: lambda x: _conv(x, sliced(lp[name], c)["conv"]["kernel"], d,
+                                                 chunk_bytes=chunk_bytes)
+                return out(read(conv, x, in_i), shortcut(x), down, res,
+                           sliced(lp[name], x.shape[-1])["norm"])
         elif name in _SEP:
-            def f(lp, x, down, res):
-                q = sliced(lp[name], x.shape[-1])
-                y = _conv(x, q["depthwise0"]["kernel"], groups=x.shape[-1])
-                return out(_conv(y, q["pointwise0"]["kernel"]), shortcut(x), down, res, q["norm0"])
+            def f(lp, x, down, res, in_i):
+                def conv(c):
+                    q = sliced(lp[name], c)
+                    return lambda x: _conv(_conv(x, q["depthwise0"]["kernel"], groups=c),
+                                           q["pointwise0"]["kernel"], chunk_bytes=chunk_bytes)
+                return out(read(conv, x, in_i), shortcut(x), down, res,
+                           sliced(lp[name], x.shape[-1])["norm0"])
         elif name == "max_pool3x3":
-            def f(lp, x, down, res):
+            def f(lp, x, down, res, in_i):
                 return out(max_pool(x), x, down, res)
         elif name == "identity":
-            def f(lp, x, down, res):
+            def f(lp, x, down, res, in_i):
                 return out(x, x, down, res, centred=False)
         else:
             raise ValueError(f"hard supernet: unknown op {name!r}")
-        return lambda lp, feat, down, res: f(lp, feat[:, :h, :w], down, res)
+        return lambda lp, feat, down, res, in_i: f(lp, feat[:, :h, :w], down, res, in_i)
 
-    def _branches(self, shapes, full_hw, act, levels):
+    def _branches(self, shapes, full_hw, act, levels, inference=False, first=False):
         """The switch's branches and ``table[op, level, width]``, the branch of each
         layer configuration for input levels ``0 .. levels - 1`` (the same for every
         width where the width is a mask: parameter-free ops, or ``slice_widths=False``)."""
@@ -272,16 +295,25 @@ class HardMacroSupernet:
             for level in range(levels):
                 if not sliced:
                     table[o, level, :] = len(branches)
-                    branches.append(self._branch(name, level, shapes, full_hw, act))
+                    branches.append(self._branch(name, level, shapes, full_hw, act,
+                                                 inference=inference, first=first))
                     continue
                 for j, c_out in enumerate(sp.widths):
                     table[o, level, j] = len(branches)
-                    branches.append(self._branch(name, level, shapes, full_hw, act, c_out))
+                    branches.append(self._branch(name, level, shapes, full_hw, act, c_out,
+                                                 inference, first))
         return branches, table
 
     # -- forward -----------------------------------------------------------------------
-    def apply(self, variables, x, weights, train: bool = True):
-        del train  # batch statistics always, like the linen supernet
+    def apply(self, variables, x, weights, train: bool = True, inference: bool = False):
+        """Logits, with batch statistics always (like the linen supernet). ``inference``:
+        the same function computed for a forward pass alone, such as scoring a large query
+        set: each convolution reads only the previous layer's width of the map's channels
+        (a switch over the widths, which a gradient would pay for in every branch) and
+        runs over chunks of the batch (``fastconv.batch_chunked``; a training step of 64
+        images ran 6% slower chunked)."""
+        del train
+        chunk_bytes = INFERENCE_CHUNK_BYTES if inference else None
         sp = self.space
         p = variables["params"]
         if self.dtype is not None:
@@ -301,7 +333,7 @@ class HardMacroSupernet:
             return ((rows[:, None] < hs[level]) & (cols[None, :] < ws[level]))[None, :, :, None]
 
         # stem: conv-BN-act (or conv+bias-act) at full resolution
-        h = _conv(x, p["stem"]["conv"]["kernel"])
+        h = _conv(x, p["stem"]["conv"]["kernel"], chunk_bytes=chunk_bytes)
         if sp.stem_norm:
             h = act(_norm(h, p["stem"]["norm"]))
         else:
@@ -310,31 +342,31 @@ class HardMacroSupernet:
         idx = {g: jnp.argmax(weights[g], axis=-1).astype(jnp.int32)
                for g in ("op", "width", "residual", "downsample")}
 
-        def layer(switch, table, feat, level, lp, op_i, width_i, res_i, down_i):
+        def layer(switch, table, feat, level, in_i, lp, op_i, width_i, res_i, down_i):
             new_level = jnp.minimum(level + down_i, top)
             # one branch per (op, input level[, width]): the op runs on the level's own size
-            y = switch(table[op_i, level, width_i], lp, feat, down_i > 0, res_i > 0)
+            y = switch(table[op_i, level, width_i], lp, feat, down_i > 0, res_i > 0, in_i)
             keep = valid_at(new_level) & (chan < widths[width_i])[None, None, None, :]
             # a product with the small mask, not a select: autodiff keeps the mask, not its
             # broadcast to the map's full size, for every layer
-            return y * keep.astype(y.dtype), new_level
+            return y * keep.astype(y.dtype), new_level, width_i
 
         # the first layer on its own, at level 0, reading only the stem's channels (the
         # others read the map's max(widths) channels, zero beyond the previous layer's width)
         genes = [idx[g] for g in ("op", "width", "residual", "downsample")]
-        first, table0 = self._branches(shapes, (hgt, wid), act, 1)
-        h, level = layer(_recomputing_switch(tuple(first)), jnp.asarray(table0), h, jnp.int32(0),
-                         jax.tree.map(lambda a: a[0], p["layers"]), *(g[0] for g in genes))
+        first, table0 = self._branches(shapes, (hgt, wid), act, 1, inference, first=True)
+        carry = layer(_recomputing_switch(tuple(first)), jnp.asarray(table0), h, jnp.int32(0),
+                      jnp.int32(0), jax.tree.map(lambda a: a[0], p["layers"]), *(g[0] for g in genes))
 
-        branches, table = self._branches(shapes, (hgt, wid), act, len(shapes))
+        branches, table = self._branches(shapes, (hgt, wid), act, len(shapes), inference)
         switch, table = _recomputing_switch(tuple(branches)), jnp.asarray(table)
 
         def scanned(carry, inp):
             return layer(switch, table, *carry, *inp), None
 
         xs = (jax.tree.map(lambda a: a[1:], p["layers"]), *(g[1:] for g in genes))
-        (h, level), _ = jax.lax.scan(jax.checkpoint(scanned) if self.remat else scanned,
-                                     (h, level), xs, unroll=self.unroll)
+        (h, level, _), _ = jax.lax.scan(jax.checkpoint(scanned) if self.remat else scanned,
+                                        carry, xs, unroll=self.unroll)
         if sp.head_pool == "max":
             pooled = jnp.max(jnp.where(valid_at(level), h, -jnp.inf), (1, 2))
         else:

@@ -131,12 +131,13 @@ class TrainConfig:
                              f"{self.lr}, {self.chunk}")
 
 
-def fit_and_score(apply, params, opt, steps: int, sx, sy, qx, qy):
+def fit_and_score(apply, params, opt, steps: int, sx, sy, qx, qy, score_apply=None):
     """Train ``params`` for ``steps`` full-batch steps of ``opt`` on ``(sx, sy)`` (one
     ``lax.scan``), then the accuracy of ``apply(params, qx)`` on ``qy``: the proxy every
     candidate evaluation runs (traceable; ``apply(params, x) -> logits``, batch
-    statistics). A diverged training (NaN/inf logits) scores NaN, not the accuracy of
-    argmax's class 0."""
+    statistics). ``score_apply``: the same function computed another way for the query
+    set (default ``apply``). A diverged training (NaN/inf logits) scores NaN, not the
+    accuracy of argmax's class 0."""
     def step(carry, _):
         p, s = carry
         g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, sx), sy).mean())(p)
@@ -144,7 +145,7 @@ def fit_and_score(apply, params, opt, steps: int, sx, sy, qx, qy):
         return (optax.apply_updates(p, u), s), None
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-    logits = apply(params, qx)
+    logits = (score_apply or apply)(params, qx)
     return jnp.where(jnp.all(jnp.isfinite(logits)), jnp.mean(jnp.argmax(logits, -1) == qy), jnp.nan)
 
 
@@ -162,13 +163,23 @@ def _train_eval_fn(space: SearchSpace, num_classes: int, cfg: TrainConfig):
         kw.setdefault("slice_widths", False)
     net = mnn.supernet(space, num_classes, hard=hard, **kw)
     opt = optax.adam(cfg.lr)
+    # the query set scored by the hard supernet's inference forward (convolutions at the
+    # previous layer's width, chunked over the batch): at CIFAR_SPACE's widths 1.6x more
+    # candidates/s, at widths 8/16 no gain measured (benchmarks/LOG.md "Query scoring in
+    # inference mode"), so where the widths are as wide as those the supernet slices
+    inference = (hard and not use_vmap
+                 and max(space.widths) >= mnn.hard.SLICE_WIDTHS_FROM)
 
     def one(key, z, sx, sy, qx, qy):
         w = space.relax(z, 0.0)
         variables = net.init(key, sx, w, train=False)
         rest = {k: v for k, v in variables.items() if k != "params"}
-        return fit_and_score(lambda p, x: net.apply({"params": p, **rest}, x, w, train=True),
-                             variables["params"], opt, cfg.steps, sx, sy, qx, qy)
+
+        def apply(p, x, **options):
+            return net.apply({"params": p, **rest}, x, w, train=True, **options)
+
+        score = functools.partial(apply, inference=True) if inference else None
+        return fit_and_score(apply, variables["params"], opt, cfg.steps, sx, sy, qx, qy, score)
 
     if use_vmap:  # padding pairs are computed and dropped: they run in parallel anyway
         return jax.jit(lambda valid, *a: jax.vmap(one)(*a))
