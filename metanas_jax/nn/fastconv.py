@@ -129,10 +129,9 @@ def batch_chunked(f, x: jax.Array, chunk: int) -> jax.Array:
     ``chunk`` images at a time (``lax.map``; the batch zero-padded to a multiple of
     ``chunk``, the padding's outputs dropped). Why: XLA:CPU materialises a convolution's
     im2col patches, for a query set of 1,000 CIFAR images at 256 channels gigabytes of
-    freshly written memory per layer; in chunks the hard supernet's query forward ran
-    1.7x faster (benchmarks/LOG.md "Chunked query forward"). Not for training steps:
-    there the scan keeps every chunk's patches for the backward pass anyway, and a step
-    of 64 images ran 6% slower chunked."""
+    freshly written memory per layer (benchmarks/LOG.md "Query scoring in inference
+    mode"). Not for training steps: there the scan keeps every chunk's patches for the
+    backward pass anyway, and a step of 64 images ran 6% slower chunked."""
     n = x.shape[0]
     if chunk >= n:
         return f(x)
