@@ -20,7 +20,8 @@ each gene's weights) instead of mixing every op:
   channels sliced too (a branch per width pair) compiled 21x longer (benchmarks/LOG.md
   "Width-sliced branches"). ``apply(..., inference=True)``, a forward pass alone such as
   scoring a query set, reads only the previous layer's width: there a switch over the
-  input widths costs no gradient and adds only forward code.
+  input widths costs no gradient and adds only forward code (benchmarks/LOG.md "Query
+  scoring in inference mode").
 * ``downsample``: one feature map at the input's resolution holds the current level's
   map in its top-left corner, zeros elsewhere, plus the level as an integer. The switch
   has one branch per (op, level): a branch slices the level's corner out (a static
@@ -319,7 +320,8 @@ class HardMacroSupernet:
         set: each convolution reads only the previous layer's width of the map's channels
         (a switch over the widths, which a gradient would pay for in every branch) and
         runs over chunks of the batch (``fastconv.batch_chunked``; a training step of 64
-        images ran 6% slower chunked)."""
+        images ran 6% slower chunked), and a layer computes only its chosen downsampling
+        path."""
         del train
         chunk_bytes = INFERENCE_CHUNK_BYTES if inference else None
         sp = self.space
