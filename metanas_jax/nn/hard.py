@@ -198,7 +198,8 @@ class HardMacroSupernet:
         costs what it would in the compact network; ``(lp, feat, down, res, in_i) -> output``
         zero-padded back to the full map. ``down`` picks between the stride-1 result and
         its stride-2 sampling (or, in a ``reduction="pool"`` space, its 2x2 max-pool),
-        both computed here, each batch-normed over its own positions. ``c_out`` (convolution
+        both computed here (in inference only the chosen one), each batch-normed over its
+        own positions. ``c_out`` (convolution
         ops): it writes that many channels, zero-padded back to the map's width (None: the
         map's width). A convolution reads as many channels as its input has: the
         map's width, or the stem's for the ``first`` layer; in ``inference`` (see
@@ -321,7 +322,7 @@ class HardMacroSupernet:
         (a switch over the widths, which a gradient would pay for in every branch) and
         runs over chunks of the batch (``fastconv.batch_chunked``; a training step of 64
         images ran 6% slower chunked), and a layer computes only its chosen downsampling
-        path."""
+        path. Not under ``vmap``, where its switches and conds run every branch."""
         del train
         chunk_bytes = INFERENCE_CHUNK_BYTES if inference else None
         sp = self.space
