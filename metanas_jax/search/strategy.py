@@ -197,12 +197,27 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
     theta = searcher.strategy.as_vector()
     opt = optax.adam(lr)
     opt_state = opt.init(theta)
-    trace = []
-    for it in range(iterations):
+
+    # the iteration's own arithmetic as two compiled programs: op by op it compiled some
+    # 30 small ones on the first iteration
+    @jax.jit
+    def perturb(key, theta):
         key, k_eps, k_run = jax.random.split(key, 3)
         eps = jax.random.normal(k_eps, (population, theta.shape[0]))
         cand = jnp.concatenate([theta + sigma * eps, theta - sigma * eps])
-        keys = jax.random.split(k_run, n_tasks * seeds).reshape(n_tasks, seeds)
+        return key, eps, cand, jax.random.split(k_run, n_tasks * seeds).reshape(n_tasks, seeds)
+
+    @jax.jit
+    def es_step(theta, opt_state, eps, fit):
+        fit = fit.mean(axis=(1, 2))
+        ranks = jnp.argsort(jnp.argsort(fit)).astype(jnp.float32) / (fit.shape[0] - 1) - 0.5
+        grad = -(ranks[:population] - ranks[population:]) @ eps / (population * sigma)
+        upd, opt_state = opt.update(grad, opt_state, theta)
+        return optax.apply_updates(theta, upd), opt_state, fit.mean()
+
+    trace = []
+    for it in range(iterations):
+        key, eps, cand, keys = perturb(key, theta)
         if mesh is not None:  # host values every process holds alike -> global arrays
             rows = np.arange(-(-cand.shape[0] // mesh.size) * mesh.size) % cand.shape[0]
             keys = parallel.put_replicated(keys, mesh)
@@ -211,12 +226,8 @@ def meta_train_strategy(searcher, tasks, pool_zs: jax.Array, pool_scores: jax.Ar
             fit = jnp.asarray(parallel.to_local(fit))[: cand.shape[0]]
         else:
             fit = over_pop(cand, tasks, pool_zs, pool_scores, keys)
-        fit = fit.mean(axis=(1, 2))
-        ranks = jnp.argsort(jnp.argsort(fit)).astype(jnp.float32) / (fit.shape[0] - 1) - 0.5
-        grad = -(ranks[:population] - ranks[population:]) @ eps / (population * sigma)
-        upd, opt_state = opt.update(grad, opt_state, theta)
-        theta = optax.apply_updates(theta, upd)
-        trace.append(float(fit.mean()))
+        theta, opt_state, mean_fit = es_step(theta, opt_state, eps, fit)
+        trace.append(float(mean_fit))
         if log_every and (it + 1) % log_every == 0:
             log.info("strategy ES iteration %d: mean outcome %.4f, %s", it + 1, trace[-1],
                      StrategyParams.from_vector(theta).describe())
