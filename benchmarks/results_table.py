@@ -331,7 +331,7 @@ SPEED = ("suite_conv4_f32_map_2026-12-05.json", "suite_conv4_maml_bf16_map_2026-
          "suite_darts_maml_mb16_no_edge_remat_2026-12-05.json")
 SPEED_TORCH_ONLY = ("suite_darts_torch_only_mb16_2026-12-04.json",)
 # other runs of rows the table shows, with their PyTorch step: how far the ratio moves
-SPEED_OTHER_RUNS = ("suite_conv4_maml_f32_map_2026-12-05.json",)
+SPEED_OTHER_RUNS = ("suite_conv4_maml_f32_map_2026-12-05.json", "suite_conv4_maml_f32_1dev_2026-12-06.json")
 ALGORITHMS = {"maml": "MAML (second order)", "fomaml": "first-order MAML", "reptile": "Reptile"}
 
 
