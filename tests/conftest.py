@@ -1,4 +1,5 @@
 """Shared test settings: exact float32 matmuls on CPU, and where the shared data lives."""
+import os
 from pathlib import Path
 
 import jax
@@ -23,3 +24,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One decoded-dataset cache for the whole run, also across pytest-xdist's workers
+    (their base folders share a parent): the shared Omniglot is decoded once, not once per
+    worker that loads it. Entries are written atomically, so workers may race safely."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    return root / "metanas_data_cache"

@@ -761,12 +761,6 @@ def test_spec_parsing():
 # --------------------------------------------------------------------------- shared data
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    # Same folder for both data test files, so the decoded Omniglot is reused.
-    return tmp_path_factory.getbasetemp() / "metanas_data_cache"
-
-
 def _no_decoding(monkeypatch):
     """Make any image decoding fail: a load that passes read the cache (no timing needed)."""
 

@@ -331,12 +331,6 @@ def test_task_batch_is_a_pytree():
 # --------------------------------------------------------------------------- shared data
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    # Same folder as tests/test_data_sources.py uses, so a decoded Omniglot is reused.
-    return tmp_path_factory.getbasetemp() / "metanas_data_cache"
-
-
 def test_shared_omniglot_protocol_and_sampling_speed(shared_cache):
     if not (SHARED / "omniglot" / "images_background.zip").exists():
         pytest.skip(f"{SHARED / 'omniglot'} not present")
