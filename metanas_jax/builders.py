@@ -227,7 +227,8 @@ def metanas_center(cfg, prep: Prepared, state: M.MetaState) -> jax.Array:
     learner, mcfg = metanas_learner(cfg, prep)
     sx, sy = (jnp.asarray(a) for a in prep.search_task[:2])
     adapt = jax.jit(lambda p, z, r: M.adapt(learner, mcfg, p, z, sx, sy,
-                                            steps=mcfg.eval_inner_steps, lrs=r)[1])
+                                            steps=mcfg.eval_inner_steps, lrs=r)[1],
+                    compiler_options=learner.compiler_options())  # the meta-step's options
     return adapt(state.params, state.arch, state.inner_lrs)
 
 
