@@ -223,10 +223,16 @@ def _padded_chunks(n: int, chunk: int):
     return [(valid[i:i + chunk], idx[i:i + chunk]) for i in range(0, n + pad, chunk)]
 
 
-def _run_pairs(fn, keys, zs, sx, sy, qx, qy, chunk):
+def _run_pairs(fn, keys, zs, task_of, tasks, chunk):
+    """``fn`` over the pairs ``(keys[i], zs[i], tasks[task_of[i]])``, ``chunk`` at a time.
+    A chunk's task rows are gathered when it runs: copied for every pair at once, the
+    tasks' images took as much memory as pairs times a task (GBs for the full configs)."""
     n = zs.shape[0]
-    out = [np.asarray(fn(v, keys[j], zs[j], sx[j], sy[j], qx[j], qy[j]))
-           for v, j in _padded_chunks(n, chunk)]
+    zs, task_of = np.asarray(zs, np.float32), np.asarray(task_of)
+    out = []
+    for v, j in _padded_chunks(n, chunk):
+        rows = task_of[j]
+        out.append(np.asarray(fn(v, keys[j], zs[j], *(a[rows] for a in tasks))))
     return np.concatenate(out)[:n]
 
 
@@ -256,8 +262,7 @@ def collect_experience(key: jax.Array, space: SearchSpace, tasks, n_archs: int, 
         acc = runner(keys, flat_z, task_of)
     else:
         fn = _train_eval_fn(space, num_classes, train)
-        acc = _run_pairs(fn, keys, jnp.asarray(flat_z), sx[task_of], sy[task_of], qx[task_of],
-                         qy[task_of], train.chunk)
+        acc = _run_pairs(fn, keys, flat_z, task_of, (sx, sy, qx, qy), train.chunk)
     seconds = time.perf_counter() - t0
     if log:
         print(f"experience: {t * n_archs} trainings in {seconds:.1f}s "
@@ -284,6 +289,7 @@ def make_evaluate_fn(space: SearchSpace, task, key: jax.Array, *, num_classes: i
     of the training program this evaluator caused (0 when an earlier caller compiled it)."""
     sx, sy, qx, qy = (jnp.asarray(a) for a in task)
     num_classes = int(num_classes or int(jnp.max(sy)) + 1)
+    one_task = tuple(a[None] for a in (sx, sy, qx, qy))  # a task axis of 1: every pair's task
     fn = _train_eval_fn(space, num_classes, train)
     compiled_before = _compilations(fn)
     stats: dict[str, Any] = {"evaluations": 0, "seconds": 0.0, "compilations": 0}
@@ -293,9 +299,7 @@ def make_evaluate_fn(space: SearchSpace, task, key: jax.Array, *, num_classes: i
         keys = jnp.stack([_arch_key(key, space, z) for z in zs])
         b = zs.shape[0]
         t0 = time.perf_counter()
-        rep = lambda a: jnp.broadcast_to(a, (b, *a.shape))
-        acc = _run_pairs(fn, keys, jnp.asarray(zs), rep(sx), rep(sy), rep(qx), rep(qy),
-                         train.chunk)
+        acc = _run_pairs(fn, keys, zs, np.zeros(b, np.int64), one_task, train.chunk)
         stats["seconds"] += time.perf_counter() - t0
         stats["evaluations"] += b
         stats["compilations"] = _compilations(fn) - compiled_before
