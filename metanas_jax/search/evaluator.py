@@ -165,18 +165,6 @@ def check_meta_tasks(space: SearchSpace, data: MetaTasks) -> None:
         raise ValueError(f"each task needs at least 2 scored architectures, got {zs[1]}")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _compiled_init(evaluator: "Evaluator", key, *task_args) -> dict:
-    return evaluator._init(key, *task_args)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _compiled_context(evaluator: "Evaluator", ctx_params, *task_args) -> jax.Array:
-    """The context encoder as one program, also when called outside a trace (a
-    searcher's init): op by op it compiled some 75 small programs."""
-    return evaluator.context_module.apply({"params": ctx_params}, *task_args)
-
-
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
     """The evaluator's functions for one space and configuration (hashable, stateless)."""
@@ -204,13 +192,15 @@ class Evaluator:
         return jnp.concatenate([v.reshape(v.shape[:-2] + (-1,)) for v in w.values()], -1)
 
     # -- parameters ------------------------------------------------------------------
+    # init and context run compiled whole (the evaluator is hashable: a static argument);
+    # op by op they compiled some 200 small programs, 5 s of a tiny job's 40 s
     def init(self, key: jax.Array, task: Any) -> dict:
         """Meta-parameters: ``{"context", "predictor", "log_lr", "prior"}``. ``task`` is one
-        task's input (used for shapes only). One compiled program: run op by op, the
-        modules' initialisation compiled some 130 small programs (5 of the tiny job's 40 s)."""
-        return _compiled_init(self, key, *self._task_args(task))
+        task's input (used for shapes only)."""
+        return self._compiled_init(key, self._task_args(task))
 
-    def _init(self, key, *task_args):
+    @functools.partial(jax.jit, static_argnums=0)
+    def _compiled_init(self, key, task_args) -> dict:
         k_c, k_p = jax.random.split(key)
         ctx_vars = self.context_module.init(k_c, *task_args)
         feats = self.features(jnp.zeros((1, self.space.dim)))
@@ -232,8 +222,11 @@ class Evaluator:
 
     def context(self, params: dict, task: Any) -> jax.Array:
         """The task's context vector ``(context_dim,)``."""
-        ctx_params = jax.tree.map(jnp.asarray, params["context"])  # host arrays from a file
-        return _compiled_context(self, ctx_params, *self._task_args(task))
+        return self._compiled_context(params["context"], self._task_args(task))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _compiled_context(self, ctx_params, task_args) -> jax.Array:
+        return self.context_module.apply({"params": ctx_params}, *task_args)
 
     @staticmethod
     def normalizer(params: dict, scores: jax.Array, mask: jax.Array) -> dict:
