@@ -16,7 +16,7 @@ def _results_table():
 
 
 @pytest.mark.parametrize("name", ["transfer-results", "nb201-results", "fewshot-results",
-                                  "benchmark-figures"])
+                                  "fewshot-all", "benchmark-figures"])
 def test_readme_results_blocks_match_the_result_files(name):
     mod = _results_table()
     assert name in mod.BLOCKS
